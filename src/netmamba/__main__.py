@@ -1,0 +1,5 @@
+import sys
+
+from netmamba.cli import main
+
+sys.exit(main())
