@@ -24,13 +24,13 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler problem means "no native kernels"
+        except Exception as exc:  # any compiler problem means "no native kernels"
             self._warn(exc)
 
     def build_extension(self, ext: Extension) -> None:
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._warn(exc, ext.name)
 
     def get_export_symbols(self, ext: Extension) -> list[str]:
