@@ -1,0 +1,395 @@
+"""Dynamic batching of ready flows for a model running in its own worker process.
+
+    producer (service loop)  --slots in shared memory-->  worker process: predict(batch)
+            ^                                                   |
+            +------- collector thread <--- bounded result queue-+
+
+The input queue is a ring of `capacity` slots in shared memory, one per flow, holding its
+feature arrays, id and submit time; two semaphores count free and filled slots, so memory is
+bounded by construction and a flow is copied once (no pickling per flow). The worker cuts a
+batch when it holds `max_batch` flows or when the oldest flow has waited `max_wait_s`: under
+light load a flow waits at most `max_wait_s`, under heavy load the worker, busy with the last
+batch, finds the next one already full. Torch runs in the worker, so inference never competes
+for the GIL with packet parsing.
+
+When the ring is full, `submit` either blocks (replays: nothing is lost) or drops the flow and
+counts it (live capture: the packets keep coming whatever we do). Results come back through a
+bounded queue to a collector thread that calls `on_results`; if that falls behind, the worker
+waits, the ring fills, and the policy above applies: memory stays bounded end to end.
+
+The model call is `predict(arrays) -> outputs`: dicts of NumPy arrays with the batch on the
+first axis. It is built inside the worker by `predict_factory()`, which must be picklable (a
+module-level function or a functools.partial of one), because the worker is a fresh process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing as mp
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+ArraySpec = Mapping[str, tuple[tuple[int, ...], Any]]  # name -> (shape of one flow, dtype)
+
+_ALIGN = 64
+
+
+class BatcherError(RuntimeError):
+    """The inference worker failed (its traceback is in the message) or is not running."""
+
+
+@dataclass
+class BatchResult:
+    """What the worker returns for one batch."""
+
+    ids: np.ndarray  # int64 (B,): the ids given to submit()
+    outputs: dict[str, np.ndarray]  # predict()'s outputs, batch on the first axis
+    submitted_at: np.ndarray  # float64 (B,): time.monotonic() at submit
+    started_at: float  # when predict() started (monotonic)
+    finished_at: float  # when it returned
+    received_at: float = 0.0  # when the collector got it
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    @property
+    def latency_s(self) -> float:
+        """From the oldest flow's submit to the batch's results being back."""
+        return self.received_at - float(self.submitted_at.min())
+
+    @property
+    def inference_s(self) -> float:
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class BatcherStats:
+    submitted: int = 0  # flows accepted into the ring
+    dropped: int = 0  # flows refused because the ring was full (drop policy)
+    completed: int = 0  # flows whose results came back
+    batches: int = 0
+    callback_errors: int = 0  # on_results raised (logged)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=100_000))
+    batch_latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    @property
+    def in_flight(self) -> int:
+        return self.submitted - self.completed
+
+
+class _Layout:
+    """Where each array of each slot lives in the shared buffer."""
+
+    def __init__(self, spec: ArraySpec, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: list[tuple[str, tuple[int, ...], np.dtype, int]] = []
+        offset = 0
+        columns = [(n, tuple(s), np.dtype(d)) for n, (s, d) in spec.items()]
+        columns += [("__id", (), np.dtype(np.int64)), ("__t", (), np.dtype(np.float64))]
+        for name, shape, dtype in columns:
+            self.entries.append((name, shape, dtype, offset))
+            size = capacity * math.prod(shape) * dtype.itemsize
+            offset += -(-size // _ALIGN) * _ALIGN
+        self.nbytes = max(offset, _ALIGN)
+
+    def views(self, buffer: Any) -> dict[str, np.ndarray]:
+        return {
+            name: np.ndarray((self.capacity, *shape), dtype, buffer=buffer, offset=offset)
+            for name, shape, dtype, offset in self.entries
+        }
+
+
+def _worker_main(
+    factory: Callable[[], PredictFn],
+    buffer: Any,
+    layout: _Layout,
+    max_batch: int,
+    max_wait_s: float,
+    filled: Any,
+    free: Any,
+    stop: Any,
+    results: Any,
+) -> None:
+    # Ctrl-C and SIGTERM reach the whole process group: the parent decides when we stop, after
+    # it has flushed what it holds, so the worker ignores them and drains on `stop`.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        predict = factory()
+    except BaseException:
+        results.put(("error", "building the model failed:\n" + traceback.format_exc()))
+        return
+    results.put(("ready", None))
+    views = layout.views(buffer)
+    ids, submitted = views.pop("__id"), views.pop("__t")
+    capacity, tail = layout.capacity, 0
+    while True:
+        if not filled.acquire(timeout=0.05):
+            # `stop` is set after the last submit; a failed try after seeing it means empty.
+            if stop.is_set() and not filled.acquire(block=False):
+                break
+            if not stop.is_set():
+                continue
+        n = 1
+        deadline = submitted[tail % capacity] + max_wait_s
+        while n < max_batch:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stop.is_set():
+                got = filled.acquire(block=False)
+            else:
+                got = filled.acquire(timeout=remaining)
+            if not got:
+                break
+            n += 1
+        index = (tail + np.arange(n)) % capacity
+        batch = {name: view[index] for name, view in views.items()}  # copies out of the ring
+        batch_ids, batch_submitted = ids[index], submitted[index]
+        tail += n
+        for _ in range(n):
+            free.release()
+        started = time.monotonic()
+        try:
+            outputs = predict(batch)
+            for name, value in outputs.items():
+                if len(value) != n:
+                    raise ValueError(f"predict() returned {len(value)} rows of {name!r} for {n}")
+        except BaseException:
+            results.put(("error", f"predict() failed on a batch of {n}:\n{traceback.format_exc()}"))
+            return
+        finished = time.monotonic()
+        outputs = {k: np.asarray(v) for k, v in outputs.items()}
+        results.put(("batch", batch_ids, outputs, batch_submitted, started, finished))
+    results.put(("done", None))
+
+
+class Batcher:
+    """Flows in, batched predictions out, through a worker process. See the module docstring.
+
+    `submit` is called by one producer thread. Results go to `on_results(BatchResult)`, called
+    in the collector thread. `close()` waits until every submitted flow has its result.
+    """
+
+    def __init__(
+        self,
+        predict_factory: Callable[[], PredictFn],
+        spec: ArraySpec,
+        capacity: int = 4096,
+        max_batch: int = 256,
+        max_wait_s: float = 0.05,
+        result_capacity: int = 16,
+        on_results: Callable[[BatchResult], None] | None = None,
+        drop_when_full: bool = False,
+        start_timeout_s: float = 300.0,
+    ) -> None:
+        if capacity < 1 or max_batch < 1 or result_capacity < 1:
+            raise ValueError("capacity, max_batch and result_capacity must be positive")
+        if max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
+        self.spec = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in spec.items()}
+        self.capacity, self.max_batch, self.max_wait_s = capacity, max_batch, max_wait_s
+        self.drop_when_full = drop_when_full
+        self.on_results = on_results
+        self.stats = BatcherStats()
+        self._factory, self._result_capacity = predict_factory, result_capacity
+        self._start_timeout_s = start_timeout_s
+        self._layout = _Layout(self.spec, capacity)
+        self._ctx = mp.get_context("spawn")  # never fork a process that holds threads
+        self._lock = threading.Lock()
+        self._head = 0
+        self._error: str | None = None
+        self._closed = False
+        self._process: Any = None
+        self._collector: threading.Thread | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def start(self) -> Batcher:
+        """Start the worker and wait until its model is built (BatcherError if that fails)."""
+        ctx = self._ctx
+        self._buffer = ctx.RawArray("b", self._layout.nbytes)
+        views = self._layout.views(self._buffer)
+        self._ids, self._submitted = views.pop("__id"), views.pop("__t")
+        self._views = views
+        self._filled = ctx.Semaphore(0)
+        self._free = ctx.Semaphore(self.capacity)
+        self._stop = ctx.Event()
+        self._results = ctx.Queue(maxsize=self._result_capacity)
+        self._process = ctx.Process(
+            target=_worker_main,
+            args=(
+                self._factory,
+                self._buffer,
+                self._layout,
+                self.max_batch,
+                self.max_wait_s,
+                self._filled,
+                self._free,
+                self._stop,
+                self._results,
+            ),
+            name="netmamba-inference",
+            daemon=True,
+        )
+        self._process.start()
+        deadline = time.monotonic() + self._start_timeout_s
+        while True:
+            try:
+                kind, payload = self._results.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if not self._process.is_alive():
+                    raise BatcherError(
+                        f"the inference worker exited (code {self._process.exitcode}) "
+                        "before its model was ready"
+                    ) from None
+                if time.monotonic() > deadline:
+                    self._process.kill()
+                    raise BatcherError(
+                        f"the inference worker was not ready after {self._start_timeout_s:.0f} s"
+                    ) from None
+        if kind == "error":
+            self._process.join(5)
+            raise BatcherError(payload)
+        self._collector = threading.Thread(
+            target=self._collect, name="netmamba-results", daemon=True
+        )
+        self._collector.start()
+        return self
+
+    def __enter__(self) -> Batcher:
+        return self.start() if self._process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive() and self._error is None
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise BatcherError(self._error)
+        if self._process is None:
+            raise BatcherError("the batcher was not started")
+        if self._closed:
+            raise BatcherError("the batcher is closed")
+        if not self._process.is_alive():
+            # Give the collector a moment to pick up the worker's last words.
+            if self._collector is not None:
+                self._collector.join(1.0)
+            if self._error is not None:
+                raise BatcherError(self._error)
+            raise BatcherError(f"the inference worker died (exit code {self._process.exitcode})")
+
+    # -- producer side ---------------------------------------------------------------------
+
+    def submit(self, flow_id: int, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Queue one flow. False if it was dropped (ring full under the drop policy)."""
+        with self._lock:
+            self._check()
+            if self.drop_when_full:
+                if not self._free.acquire(block=False):
+                    self.stats.dropped += 1
+                    return False
+            else:
+                while not self._free.acquire(timeout=0.5):
+                    self._check()
+            slot = self._head % self.capacity
+            try:
+                for name, view in self._views.items():
+                    value = arrays[name]
+                    if np.shape(value) != view.shape[1:]:
+                        raise ValueError(
+                            f"array {name!r} of flow {flow_id} has shape {np.shape(value)}, "
+                            f"expected {view.shape[1:]}"
+                        )
+                    view[slot] = value
+            except (KeyError, ValueError) as exc:
+                self._free.release()
+                if isinstance(exc, KeyError):
+                    raise ValueError(f"flow {flow_id} lacks the array {exc.args[0]!r}") from None
+                raise
+            self._ids[slot] = flow_id
+            self._submitted[slot] = time.monotonic()
+            self._head += 1
+            self.stats.submitted += 1
+            self._filled.release()
+            return True
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                message = self._results.get(timeout=0.2)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    if self._error is None:
+                        self._error = (
+                            f"the inference worker died (exit code {self._process.exitcode})"
+                        )
+                    return
+                continue
+            kind = message[0]
+            if kind == "done":
+                return
+            if kind == "error":
+                self._error = message[1]
+                log.error("%s", message[1])
+                return
+            _, ids, outputs, submitted, started, finished = message
+            result = BatchResult(ids, outputs, submitted, started, finished, time.monotonic())
+            self.stats.completed += result.size
+            self.stats.batches += 1
+            self.stats.batch_sizes.append(result.size)
+            self.stats.batch_latencies_s.append(result.latency_s)
+            if self.on_results is not None:
+                try:
+                    self.on_results(result)
+                except Exception:
+                    self.stats.callback_errors += 1
+                    log.exception("handling a batch of results failed")
+
+    def close(self, timeout_s: float = 600.0) -> None:
+        """Process what was submitted, deliver its results, stop the worker.
+
+        Raises BatcherError if the worker failed (after stopping everything)."""
+        if self._process is None or self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self._collector is not None:
+            self._collector.join(timeout_s)
+            if self._collector.is_alive():
+                log.error("inference results still pending after %.0f s; stopping", timeout_s)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
+        with contextlib.suppress(Exception):
+            self._results.close()
+            self._results.join_thread()
+        if self._error is not None:
+            raise BatcherError(self._error)
+
+    def kill(self) -> None:
+        """Stop the worker now, dropping what it holds (for errors and tests)."""
+        self._closed = True
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
