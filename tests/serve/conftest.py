@@ -22,23 +22,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     folder = tmp_path_factory.mktemp("redis")
     sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            REDIS_SERVER,
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(folder),
-        ],  # fmt: skip
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    command = [REDIS_SERVER, "--port", "0", "--unixsocket", str(sock)]
+    command += ["--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -199,7 +199,7 @@ def test_readers_do_not_block_the_writer(tmp_path: Path) -> None:
 
 
 def test_sqlite_errors_name_the_file(tmp_path: Path) -> None:
-    with pytest.raises(StoreError, match="folder .*missing does not exist"):
+    with pytest.raises(StoreError, match=r"folder .*missing does not exist"):
         SQLiteStore(tmp_path / "missing" / "r.sqlite")
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"this is not a database" * 100)

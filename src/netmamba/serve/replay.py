@@ -114,7 +114,7 @@ def open_capture_stream(path: str) -> BinaryIO:
     """The binary stream a capture is read from: standard input for "-", else the file."""
     if path == "-":
         return sys.stdin.buffer
-    return open(path, "rb")  # noqa: SIM115 - the caller's reader owns and closes it
+    return open(path, "rb")  # the caller's reader owns and closes it
 
 
 def read_capture(path: str) -> Iterator[Any]:
