@@ -24,9 +24,18 @@ GEOMETRY = FeatureConfig(n_packets=2, header_bytes=64, payload_bytes=16, seq_len
 def ipv4_tcp(sport, dport, flags, window, ttl=64, ip_id=0x1234, payload=0, options=4):
     tcp_len = 20 + options
     ip = struct.pack(
-        "!BBHHHBBH4s4s", 0x45, 0x28, 20 + tcp_len + payload, ip_id, 0x4000, ttl, 6, 0,
-        bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]),
-    )  # fmt: skip
+        "!BBHHHBBH4s4s",
+        0x45,
+        0x28,
+        20 + tcp_len + payload,
+        ip_id,
+        0x4000,
+        ttl,
+        6,
+        0,
+        bytes([10, 0, 0, 1]),
+        bytes([10, 0, 0, 2]),
+    )
     tcp = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, (tcp_len // 4) << 4, flags, window, 0, 0)
     return ip + tcp + b"\x01" * options
 
@@ -139,8 +148,9 @@ def synthetic_split(n_per_class, seed):
     """Three classes told apart by TCP window, server port and first-packet size (noisy)."""
     rng = np.random.default_rng(seed)
     headers, payloads, sizes, iats, labels = [], [], [], [], []
-    for label, (window, port, size) in enumerate([(64240, 443, 600), (29200, 443, 300),
-                                                  (65535, 8883, 300)]):  # fmt: skip
+    for label, (window, port, size) in enumerate(
+        [(64240, 443, 600), (29200, 443, 300), (65535, 8883, 300)]
+    ):
         for _ in range(n_per_class):
             w = window if rng.random() > 0.05 else int(rng.integers(1000, 65535))
             headers.append([ipv4_tcp(int(rng.integers(1024, 65535)), port, 0x18, w)])
@@ -155,7 +165,12 @@ def synthetic_split(n_per_class, seed):
 def test_baseline_learns_a_separable_toy_task_and_reports_the_model_metrics():
     train, valid, test = (synthetic_split(n, seed) for n, seed in ((120, 0), (30, 1), (40, 2)))
     metrics = run_baseline(
-        train, valid, test, ["tls-a", "tls-b", "mqtt"], GEOMETRY, BaselineConfig(max_iter=200)
+        train,
+        valid,
+        test,
+        ["tls-a", "tls-b", "mqtt"],
+        GEOMETRY,
+        BaselineConfig(max_iter=200, learning_rate=0.3, n_iter_no_change=5),
     )
     assert set(SUMMARY_KEYS) <= set(metrics)
     assert metrics["accuracy"] > 0.9 and metrics["macro_f1"] > 0.9

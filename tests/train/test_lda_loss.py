@@ -110,8 +110,12 @@ def test_deferred_reweighting_switches_the_weights_on_at_the_given_epoch():
     loss = LDALoss(COUNTS, LossConfig(label_smoothing=0.0, reweight_from_epoch=2))
     unweighted = _hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=False)
     weighted = _hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=True)
-    for epoch, expected, active in [(0, unweighted, False), (1, unweighted, False),
-                                    (2, weighted, True), (5, weighted, True)]:  # fmt: skip
+    for epoch, expected, active in [
+        (0, unweighted, False),
+        (1, unweighted, False),
+        (2, weighted, True),
+        (5, weighted, True),
+    ]:
         loss.set_epoch(epoch)
         assert loss.weights_active is active
         assert float(loss(logits, labels)) == pytest.approx(expected, rel=1e-5)

@@ -61,9 +61,13 @@ def test_layer_scales_decay_from_the_head_down_to_the_embeddings():
     groups = _by_name(param_groups(model, weight_decay=0.05, layer_decay=0.75))
     # L = depth + 1 = 3: embeddings 0.75^3, block 0 0.75^2, block 1 0.75, norm and head 1
     expected = {
-        "embed.weight": 0.421875, "pos_embed": 0.421875, "blocks.0.1.weight": 0.5625,
-        "blocks.1.0.bias": 0.75, "norm.weight": 1.0, "head.weight": 1.0,
-    }  # fmt: skip
+        "embed.weight": 0.421875,
+        "pos_embed": 0.421875,
+        "blocks.0.1.weight": 0.5625,
+        "blocks.1.0.bias": 0.75,
+        "norm.weight": 1.0,
+        "head.weight": 1.0,
+    }
     for name, scale in expected.items():
         assert groups[name]["lr_scale"] == pytest.approx(scale), name
     assert set(groups) == {n for n, _ in model.named_parameters()}  # each parameter once
