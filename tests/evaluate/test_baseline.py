@@ -135,6 +135,16 @@ def test_cropped_headers_and_zeroed_fields():
     assert math.isnan(f["p0_tcp_flags"]) and math.isnan(f["p0_tcp_header_len"])
 
 
+def test_a_later_ipv4_fragment_has_no_transport_fields():
+    header = bytearray(ipv4_tcp(8080, 80, 0x10, 1000))
+    header[6:8] = (0x2000 | 185).to_bytes(2, "big")  # more fragments, offset 185 x 8 bytes
+    arrays = flows([[bytes(header)]], [[0, 0]], [[40, 0, 0, 0]], [[0.0, 0, 0, 0]])
+    x, names = baseline_features(arrays, GEOMETRY)
+    f = dict(zip(names, x[0].tolist(), strict=True))
+    assert f["p0_protocol"] == 6 and f["p0_dont_fragment"] == 0
+    assert math.isnan(f["p0_src_port"]) and math.isnan(f["p0_tcp_flags"])
+
+
 def test_wrong_geometry_is_explained():
     arrays = flows([[ipv4_tcp(1, 2, 2, 3)]], [[0, 0]], [[40, 0, 0, 0]], [[0.0] * 4])
     with pytest.raises(ValueError, match="pass the FeatureConfig"):

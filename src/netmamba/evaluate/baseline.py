@@ -132,9 +132,12 @@ def _header_fields(hdr: np.ndarray, header_len: np.ndarray) -> dict[str, np.ndar
         "dont_fragment": where(v4, (hdr[:, 6] & 0x40) > 0),
         "ip_id": where(v4, _u16(hdr, np.full(n, 4))),
     }
-    # transport layer: a field counts only when its bytes were really copied
-    tcp = ip & (proto == 6)
-    udp = ip & (proto == 17)
+    # transport layer: a field counts only when its bytes were really copied, and only in the
+    # first fragment of a fragmented IPv4 packet (later fragments carry no transport header)
+    fragment_offset = (hdr[:, 6].astype(np.int64) & 0x1F) * 256 + hdr[:, 7]
+    has_transport = ip & ~(v4 & (fragment_offset > 0))
+    tcp = has_transport & (proto == 6)
+    udp = has_transport & (proto == 17)
     ports = (tcp | udp) & (l4 + 4 <= copied)
     fields["src_port"] = where(ports, _u16(hdr, l4))
     fields["dst_port"] = where(ports, _u16(hdr, l4 + 2))
