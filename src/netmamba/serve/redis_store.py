@@ -20,6 +20,7 @@ one MULTI/EXEC per batch; replacing a flow id first removes the old record's tra
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections import defaultdict
@@ -207,7 +208,7 @@ class RedisStore(ResultStore):
     ) -> list[LabelBucket]:
         # Counters exist per AGG_S seconds: buckets are rounded up to a multiple of that, and
         # the first and last counters may hold flows up to AGG_S s outside [since, until).
-        step = max(AGG_S, -(-int(bucket_s) // AGG_S) * AGG_S)
+        step = int(self.stats_resolution(bucket_s))
         first = int(since // AGG_S) * AGG_S
         try:
             buckets = self._redis.zrangebyscore(self._k("aggidx", time_field), first, f"({until}")
@@ -229,6 +230,9 @@ class RedisStore(ResultStore):
             for (start, label, unknown), c in sorted(sums.items())
             if c["flows"] > 0
         ]
+
+    def stats_resolution(self, bucket_s: float) -> float:
+        return float(max(AGG_S, math.ceil(bucket_s / AGG_S) * AGG_S))
 
     def count(self) -> int:
         return int(self._redis.zcard(self._k("t", "classified")))

@@ -306,6 +306,10 @@ class ResultStore(ABC):
         Buckets start at multiples of `bucket_s` since the epoch (a backend may round
         `bucket_s` up to its resolution: `bucket` of the rows says where each starts)."""
 
+    def stats_resolution(self, bucket_s: float) -> float:
+        """The bucket width `stats` really uses when asked for `bucket_s`."""
+        return bucket_s
+
     @abstractmethod
     def count(self) -> int:
         """Flows in the store."""
