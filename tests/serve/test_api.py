@@ -128,26 +128,15 @@ def test_malformed_stats_parameters_are_4xx(client: TestClient, params: str, sta
     assert client.get(f"/api/stats?{params}").status_code == status
 
 
+PARAMETERS = ["label", "address", "port", "protocol", "source", "unknown", "since", "until"]
+PARAMETERS += ["time", "limit", "offset", "bucket", "seconds"]
+
+
 @settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    name=st.sampled_from(
-        [
-            "label",
-            "address",
-            "port",
-            "protocol",
-            "source",
-            "unknown",
-            "since",
-            "until",
-            "time",
-            "limit",
-            "offset",
-            "bucket",
-        ]
-    ),  # fmt: skip
+    name=st.sampled_from(PARAMETERS),
     value=st.text(max_size=40),
     path=st.sampled_from(["/api/flows", "/api/stats", "/api/throughput"]),
 )

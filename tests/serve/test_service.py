@@ -78,7 +78,7 @@ def test_replay_stores_every_flow_once_with_its_label(tmp_path: Path) -> None:
     for flow, r in results.items():
         assert r.label == label_of(flow)
         assert r.confidence == pytest.approx(0.7)
-        assert [t[0] for t in r.top][0] == label_of(flow) and len(r.top) == 3
+        assert r.top[0][0] == label_of(flow) and len(r.top) == 3
         assert r.unknown == ((flow % 256) % 7 == 0)  # x[0] = flow % 256
         assert r.short == (flow >= 300)
         assert r.packets == (3 if flow < 300 else 1)
