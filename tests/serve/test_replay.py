@@ -1,0 +1,113 @@
+"""Replay pacing, on a fake clock: recorded pace, N times it, as fast as possible."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from netmamba.serve.replay import Replay, normalise_speed, open_capture_stream, paced
+
+S = 1_000_000_000  # ns per second
+
+
+class FakeClock:
+    """time.monotonic / time.sleep stand-ins: sleeping advances the clock, and is recorded."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds > 0
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def packets(*times_s: float) -> list[tuple[int, bytes, int]]:
+    return [(int(1_600_000_000 * S + t * S), b"p%d" % i, 1) for i, t in enumerate(times_s)]
+
+
+def departures(replay: Replay, fake: FakeClock) -> list[tuple[float, list[bytes]]]:
+    """(fake time, packet payloads) for every batch the replay yields."""
+    return [(round(fake.now, 6), [p[1] for p in batch]) for batch in replay.batches()]
+
+
+def test_recorded_pace_timeline() -> None:
+    fake = FakeClock()
+    replay = Replay(packets(0, 0.05, 0.05, 0.3), speed=1.0, clock=fake.clock, sleep=fake.sleep)
+    got = departures(replay, fake)
+    assert got == [
+        (100.0, [b"p0"]),  # the first packet leaves at once
+        (100.05, [b"p1", b"p2"]),  # 50 ms later, together (same timestamp)
+        (100.15, []),  # a tick while waiting 250 ms for the next one
+        (100.25, []),
+        (100.3, [b"p3"]),
+    ]
+    assert sum(fake.sleeps) == pytest.approx(0.3)
+
+
+def test_n_times_the_recorded_pace() -> None:
+    fake = FakeClock()
+    replay = Replay(packets(0, 1, 2, 4), speed=10.0, clock=fake.clock, sleep=fake.sleep)
+    assert list(replay) == packets(0, 1, 2, 4)
+    assert fake.now == pytest.approx(100.4)  # 4 s of capture in 0.4 s
+
+
+def test_as_fast_as_possible_never_sleeps_and_batches() -> None:
+    fake = FakeClock()
+    many = packets(*[i * 10.0 for i in range(600)])
+    replay = Replay(many, speed=None, max_batch=256, clock=fake.clock, sleep=fake.sleep)
+    sizes = [len(b) for b in replay.batches()]
+    assert sizes == [256, 256, 88] and fake.sleeps == []
+    assert replay.now_ns() == many[-1][0]  # the replay's clock is the last packet's time
+
+
+def test_now_ns_runs_in_capture_time_while_waiting() -> None:
+    fake = FakeClock()
+    replay = Replay(packets(0, 10), speed=2.0, clock=fake.clock, sleep=fake.sleep)
+    batches = replay.batches()
+    next(batches)  # p0 at capture time 0
+    next(batches)  # the first tick: 0.1 s of wall time = 0.2 s of capture time
+    assert replay.now_ns() - packets(0)[0][0] == pytest.approx(0.2 * S, rel=1e-6)
+
+
+def test_long_silences_can_be_shortened() -> None:
+    fake = FakeClock()
+    replay = Replay(
+        packets(0, 1, 3601, 3602), speed=1.0, max_gap_s=2.0, clock=fake.clock, sleep=fake.sleep
+    )
+    assert [p[1] for p in replay] == [b"p0", b"p1", b"p2", b"p3"]
+    assert fake.now == pytest.approx(100 + 1 + 2 + 1)  # the hour became 2 s
+
+
+def test_timestamps_going_backwards_do_not_stall() -> None:
+    fake = FakeClock()
+    replay = Replay(packets(0, 5, 1, 6), speed=1.0, clock=fake.clock, sleep=fake.sleep)
+    assert [p[1] for p in replay] == [b"p0", b"p1", b"p2", b"p3"]
+    assert fake.now == pytest.approx(106)  # p2 (at 1 s, after 5 s) left at once
+
+
+def test_paced_wraps_any_iterator() -> None:
+    fake = FakeClock()
+    gen = (p for p in packets(0, 0.5))
+    assert list(paced(gen, 1.0, clock=fake.clock, sleep=fake.sleep)) == packets(0, 0.5)
+    assert fake.now == pytest.approx(100.5)
+
+
+@pytest.mark.parametrize(("speed", "expected"), [(None, None), (0, None), (float("inf"), None),
+                                                 (1, 1.0), (2.5, 2.5)])  # fmt: skip
+def test_speed_values(speed: float | None, expected: float | None) -> None:
+    assert normalise_speed(speed) == expected
+
+
+def test_negative_speed_is_refused() -> None:
+    with pytest.raises(ValueError, match="replay speed must be positive"):
+        normalise_speed(-1)
+
+
+def test_dash_reads_standard_input() -> None:
+    assert open_capture_stream("-") is sys.stdin.buffer
