@@ -44,15 +44,26 @@ class OptionalBuildExt(build_ext):
         )
 
 
+# -ffp-contract=fast lets a*b+c become one FMA (-std=c11 alone turns contraction off);
+# -Wno-psabi silences a note about 32-byte vector arguments of static (never exported) helpers.
+COMPILE_ARGS = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi", "-pthread"]
+LINK_ARGS = ["-pthread"]
+
+
 def native_extensions() -> list[Extension]:
     extensions = []
     for source in sorted(CSRC.glob("*.c")):
+        # OpenMP only for kernels that use it: torch bundles its own OpenMP runtime, and a second
+        # one in the same process can spin against it.
+        openmp = ["-fopenmp"] if "#pragma omp" in source.read_text() else []
         extensions.append(
             Extension(
                 f"netmamba._native_{source.stem}",
                 sources=[str(source)],
-                extra_compile_args=["-O3", "-fopenmp", "-fno-math-errno", "-std=c11"],
-                extra_link_args=["-fopenmp"],
+                depends=[str(h) for h in sorted(CSRC.glob("*.h"))],
+                extra_compile_args=COMPILE_ARGS + openmp,
+                extra_link_args=LINK_ARGS + openmp,
+                libraries=[] if sys.platform == "win32" else ["m"],
             )
         )
     return extensions
