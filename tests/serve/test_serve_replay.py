@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +113,28 @@ def test_negative_speed_is_refused() -> None:
 
 def test_dash_reads_standard_input() -> None:
     assert open_capture_stream("-") is sys.stdin.buffer
+
+
+def test_capture_on_standard_input_goes_through_the_offline_reader(tmp_path: Path) -> None:
+    capture = pytest.importorskip("netmamba.capture", reason="the offline reader is not there")
+    if not hasattr(capture, "open_capture"):
+        pytest.skip("netmamba.capture has no open_capture(stream) yet")
+    import pcapgen
+
+    t0 = 1_650_000_000_123_456_789
+    frames = [
+        (t0 + i * 1_000_123, pcapgen.ethernet(pcapgen.ip("10.0.0.1", "10.0.0.2",
+                                                         pcapgen.udp(5000 + i, 53, b"q" * i))))
+        for i in range(5)
+    ]  # fmt: skip
+    path = pcapgen.write_pcap(tmp_path / "in.pcap.gz", frames, nanosecond=True, gzip=True)
+    code = (
+        "from netmamba.serve.replay import read_capture\n"
+        "for f in read_capture('-'):\n    print(f[0], f[1].hex(), f[2])\n"
+    )
+    with open(path, "rb") as stdin:  # as in: tcpdump -w - | netmamba serve --read -
+        proc = subprocess.run(
+            [sys.executable, "-c", code], stdin=stdin, capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:-1] == [f"{ts} {data.hex()} 1" for ts, data in frames]

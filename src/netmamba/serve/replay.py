@@ -118,26 +118,18 @@ def open_capture_stream(path: str) -> BinaryIO:
 
 
 def read_capture(path: str) -> Iterator[Any]:
-    """Packets (ts_ns, frame bytes, link type) of a pcap/pcapng file, or of standard input ("-").
+    """Frames (ts_ns, frame bytes, link type) of a pcap/pcapng file, or of standard input ("-").
 
-    A thin adapter over the offline reader of `netmamba.capture`, which reads any binary file
-    object, so `tcpdump -w - | netmamba serve --read -` streams through the same code as files.
+    A thin adapter over the offline reader (`netmamba.capture.open_capture`, which reads any
+    binary stream), so `tcpdump -w - | netmamba serve --read -` goes through the same code as
+    files, gzip and pcapng included.
     """
-    # TODO(part 2): call the offline reader once netmamba.capture lands, e.g.
-    #   from netmamba.capture import read_packets
-    #   yield from read_packets(open_capture_stream(path), name=path)
+    # TODO(part 2): hand the reader's parsed PacketBatches to the flow table instead of frames
+    # (no re-parsing), pacing them with Replay by slicing batches at their due times.
     try:
-        from netmamba import capture
-    except ImportError as exc:  # pragma: no cover - depends on what is installed
+        from netmamba.capture import open_capture
+    except ImportError as exc:
         raise RuntimeError("the offline capture reader (netmamba.capture) is missing") from exc
-    reader = getattr(capture, "read_packets", None)
-    if reader is None:
-        raise RuntimeError(
-            "netmamba.capture has no read_packets(file object) yet: replay is wired in part 2"
-        )
-    stream = open_capture_stream(path)
-    try:
-        yield from reader(stream)
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+    name = "<stdin>" if path == "-" else path
+    with open_capture(open_capture_stream(path), name=name) as reader:
+        yield from reader.frames()

@@ -139,6 +139,15 @@ class ModelSpec:
 # -- sources ----------------------------------------------------------------------------------
 
 
+def count_batch(batch: Any) -> tuple[int, int]:
+    """(packets, bytes) of a batch: a list of (ts_ns, frame, linktype), or a parsed
+    PacketBatch of netmamba.capture (wire lengths, which a snap length does not cut)."""
+    records = getattr(batch, "packets", None)
+    if records is not None and hasattr(records, "dtype"):
+        return len(records), int(records["wirelen"].sum())
+    return len(batch), sum(len(p[1]) for p in batch)
+
+
 class LiveSource:
     """A `netmamba.capture.live.LiveCapture` as a PacketSource."""
 
@@ -488,9 +497,10 @@ class Service:
                 break
             finally:
                 self._in_source = False
-            if batch:
-                m.packets.inc(len(batch))
-                m.bytes.inc(sum(len(p[1]) for p in batch))
+            if len(batch):
+                packets, nbytes = count_batch(batch)
+                m.packets.inc(packets)
+                m.bytes.inc(nbytes)
                 self._submit(self.table.add(batch))
             now = time.monotonic()
             if now >= next_expire:
