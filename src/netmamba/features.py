@@ -21,9 +21,17 @@ lengths say where the real data ends.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from netmamba.config import Config, ConfigError
+from netmamba.debias import DebiasConfig, apply_debias
+
+if TYPE_CHECKING:
+    from netmamba.flows import Flow
 
 ARRAY_NAMES = ("bytes", "header_lens", "payload_lens", "sizes", "iats", "seq_mask")
 
@@ -56,3 +64,183 @@ class FeatureConfig(Config):
     def total_bytes(self) -> int:
         """M_b * (N_h + N_p): width of the `bytes` array (1600 in the paper)."""
         return self.n_packets * self.packet_bytes
+
+
+# Arrays stored beside the sample arrays so that de-biasing can be redone later (the audit):
+# the byte regions before de-biasing, and each byte-modality packet's direction.
+RAW_ARRAY_NAMES = ("raw_bytes", "packet_dirs")
+
+ARRAY_DTYPES = {
+    "bytes": np.uint8,
+    "header_lens": np.uint16,
+    "payload_lens": np.uint16,
+    "sizes": np.int16,
+    "iats": np.float32,
+    "seq_mask": np.bool_,
+    "raw_bytes": np.uint8,
+    "packet_dirs": np.int8,
+}
+
+
+def array_shapes(config: FeatureConfig) -> dict[str, tuple[int, ...]]:
+    """Shape of one sample's arrays (without the leading flow axis)."""
+    return {
+        "bytes": (config.total_bytes,),
+        "header_lens": (config.n_packets,),
+        "payload_lens": (config.n_packets,),
+        "sizes": (config.seq_len,),
+        "iats": (config.seq_len,),
+        "seq_mask": (config.seq_len,),
+        "raw_bytes": (config.total_bytes,),
+        "packet_dirs": (config.n_packets,),
+    }
+
+
+def empty_arrays(config: FeatureConfig, n: int = 0, *, raw: bool = False) -> dict[str, np.ndarray]:
+    names = ARRAY_NAMES + (RAW_ARRAY_NAMES if raw else ())
+    shapes = array_shapes(config)
+    return {k: np.zeros((n, *shapes[k]), ARRAY_DTYPES[k]) for k in names}
+
+
+def flow_arrays(
+    flows: Sequence[Flow],
+    config: FeatureConfig,
+    debias: DebiasConfig | None = None,
+    *,
+    keep_raw: bool = False,
+) -> dict[str, np.ndarray]:
+    """The sample arrays (ARRAY_NAMES) of flows from the meter, stacked on a first axis.
+
+    `debias` is applied to `bytes` (None: no de-biasing). With `keep_raw`, also `raw_bytes`
+    (the bytes before de-biasing) and `packet_dirs` (RAW_ARRAY_NAMES), from which
+    `redebias` makes `bytes` again with other switches.
+    """
+    n = len(flows)
+    m_b, n_h, n_p, m_seq = (
+        config.n_packets,
+        config.header_bytes,
+        config.payload_bytes,
+        config.seq_len,
+    )
+    width = config.packet_bytes
+    total = config.total_bytes
+    out = bytearray(n * total)
+    header_lens = np.zeros((n, m_b), np.uint16)
+    payload_lens = np.zeros((n, m_b), np.uint16)
+    dirs = np.zeros((n, m_b), np.int8)
+    hl_rows, pl_rows, dir_rows = [], [], []
+    seq_lens = np.zeros(n, np.int64)
+    flat_ts: list[int] = []
+    flat_sizes: list[int] = []
+    for i, flow in enumerate(flows):
+        base = i * total
+        hls, pls = [], []
+        for j, (h, p) in enumerate(zip(flow.headers[:m_b], flow.payloads[:m_b], strict=True)):
+            h, p = h[:n_h], p[:n_p]
+            at = base + j * width
+            out[at : at + len(h)] = h
+            out[at + n_h : at + n_h + len(p)] = p
+            hls.append(len(h))
+            pls.append(len(p))
+        hl_rows.append(hls)
+        pl_rows.append(pls)
+        dir_rows.append(flow.dirs[:m_b])
+        ts = flow.ts[:m_seq]
+        seq_lens[i] = len(ts)
+        flat_ts.extend(ts)
+        flat_sizes.extend(flow.sizes[:m_seq])
+    for rows, target in ((hl_rows, header_lens), (pl_rows, payload_lens), (dir_rows, dirs)):
+        lens = np.fromiter((len(r) for r in rows), np.int64, n)
+        mask = np.arange(m_b) < lens[:, None]
+        target[mask] = [v for r in rows for v in r]
+    byte_matrix = np.frombuffer(out, np.uint8).reshape(n, total)
+    arrays = _sequence_arrays(seq_lens, flat_ts, flat_sizes, m_seq, config.mtu)
+    arrays.update(bytes=byte_matrix, header_lens=header_lens, payload_lens=payload_lens)
+    if keep_raw:
+        arrays["raw_bytes"] = byte_matrix.copy()
+        arrays["packet_dirs"] = dirs
+    if debias is not None:
+        apply_debias(byte_matrix, header_lens, payload_lens, dirs, n_h, n_p, debias)
+    return {k: arrays[k] for k in ARRAY_NAMES + (RAW_ARRAY_NAMES if keep_raw else ())}
+
+
+def _sequence_arrays(
+    seq_lens: np.ndarray, flat_ts: list[int], flat_sizes: list[int], m_seq: int, mtu: int
+) -> dict[str, np.ndarray]:
+    n = len(seq_lens)
+    mask = np.arange(m_seq) < seq_lens[:, None]
+    ts = np.zeros((n, m_seq), np.int64)
+    ts[mask] = flat_ts
+    raw_sizes = np.zeros((n, m_seq), np.int64)
+    raw_sizes[mask] = flat_sizes
+    sizes = (np.sign(raw_sizes) * np.minimum(np.abs(raw_sizes), mtu)).astype(np.int16)
+    iats = np.zeros((n, m_seq), np.float32)
+    if m_seq > 1:
+        gaps = np.maximum(ts[:, 1:] - ts[:, :-1], 0)  # out-of-order timestamps give 0, not < 0
+        iats[:, 1:] = np.where(mask[:, 1:], gaps / 1e9, 0.0)
+    return {"sizes": sizes, "iats": iats, "seq_mask": mask}
+
+
+def redebias(
+    raw_bytes: np.ndarray,
+    header_lens: np.ndarray,
+    payload_lens: np.ndarray,
+    packet_dirs: np.ndarray,
+    config: FeatureConfig,
+    debias: DebiasConfig,
+) -> np.ndarray:
+    """`bytes` made again from the raw byte regions with other de-biasing switches."""
+    out = np.array(raw_bytes, dtype=np.uint8, order="C", copy=True)
+    apply_debias(
+        out,
+        header_lens,
+        payload_lens,
+        packet_dirs,
+        config.header_bytes,
+        config.payload_bytes,
+        debias,
+    )
+    return out
+
+
+def crop_arrays(
+    arrays: dict[str, np.ndarray], source: FeatureConfig, target: FeatureConfig
+) -> dict[str, np.ndarray]:
+    """Arrays of a smaller geometry (fewer packets, fewer header/payload bytes, shorter
+    sequences, a lower MTU) cut from arrays of `source` geometry, for models with a smaller
+    input. Each dimension of `target` must be at most that of `source`.
+
+    A cropped sample equals a fresh extraction with `target`, except that a relative
+    de-biased field cut by a new, shorter header boundary keeps its leading bytes (a fresh
+    extraction zeroes a field it cannot read whole).
+    """
+    for name in ("n_packets", "header_bytes", "payload_bytes", "seq_len", "mtu"):
+        if getattr(target, name) > getattr(source, name):
+            raise ConfigError(
+                f"cannot crop {name} from {getattr(source, name)} up to {getattr(target, name)}: "
+                "prepare the dataset again with the larger geometry"
+            )
+    m_b, n_h, n_p = target.n_packets, target.header_bytes, target.payload_bytes
+    out: dict[str, np.ndarray] = {}
+    for name in ("bytes", "raw_bytes"):
+        if name in arrays:
+            b = arrays[name].reshape(len(arrays[name]), source.n_packets, source.packet_bytes)
+            hb = b[:, :m_b, :n_h]
+            pb = b[:, :m_b, source.header_bytes : source.header_bytes + n_p]
+            out[name] = np.ascontiguousarray(np.concatenate([hb, pb], axis=2)).reshape(
+                len(b), target.total_bytes
+            )
+    if "header_lens" in arrays:
+        out["header_lens"] = np.minimum(arrays["header_lens"][:, :m_b], n_h).astype(np.uint16)
+    if "payload_lens" in arrays:
+        out["payload_lens"] = np.minimum(arrays["payload_lens"][:, :m_b], n_p).astype(np.uint16)
+    if "packet_dirs" in arrays:
+        out["packet_dirs"] = np.ascontiguousarray(arrays["packet_dirs"][:, :m_b])
+    m = target.seq_len
+    if "sizes" in arrays:
+        s = arrays["sizes"][:, :m]
+        out["sizes"] = (np.sign(s) * np.minimum(np.abs(s), target.mtu)).astype(np.int16)
+    for name in ("iats", "seq_mask"):
+        if name in arrays:
+            out[name] = np.ascontiguousarray(arrays[name][:, :m])
+    return out
