@@ -5,17 +5,21 @@
             +------- collector thread <--- bounded result queue-+
 
 The input queue is a ring of `capacity` slots in shared memory, one per flow, holding its
-feature arrays, id and submit time; two semaphores count free and filled slots, so memory is
-bounded by construction and a flow is copied once (no pickling per flow). The worker cuts a
-batch when it holds `max_batch` flows or when the oldest flow has waited `max_wait_s`: under
-light load a flow waits at most `max_wait_s`, under heavy load the worker, busy with the last
-batch, finds the next one already full. Torch runs in the worker, so inference never competes
-for the GIL with packet parsing.
+feature arrays, id and submit time, so memory is bounded by construction and a flow is copied
+once (no pickling per flow). Two pipes carry counts, not data: "k more slots filled" (one
+message per group of flows submitted together) and "k slots free again" (one per batch); a
+pipe write is a system call, which orders the slot writes before the count on every CPU.
 
-When the ring is full, `submit` either blocks (replays: nothing is lost) or drops the flow and
-counts it (live capture: the packets keep coming whatever we do). Results come back through a
-bounded queue to a collector thread that calls `on_results`; if that falls behind, the worker
-waits, the ring fills, and the policy above applies: memory stays bounded end to end.
+The worker cuts a batch when it holds `max_batch` flows or when the oldest flow has waited
+`max_wait_s`: under light load a flow waits at most `max_wait_s`, under heavy load the worker,
+busy with the last batch, finds the next one already full. Torch runs in the worker, so
+inference never competes for the GIL with packet parsing.
+
+When the ring is full, `submit`/`submit_many` either wait (replays: nothing is lost) or drop
+the flows and count them (live capture: the packets keep coming whatever we do). Results come
+back through a bounded queue to a collector thread that calls `on_results`; if that falls
+behind, the worker waits, the ring fills, and the policy above applies: memory stays bounded
+end to end.
 
 The model call is `predict(arrays) -> outputs`: dicts of NumPy arrays with the batch on the
 first axis. It is built inside the worker by `predict_factory()`, which must be picklable (a
@@ -28,13 +32,16 @@ import contextlib
 import logging
 import math
 import multiprocessing as mp
+import os
 import queue
+import select
 import signal
+import struct
 import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,19 +121,30 @@ class _Layout:
         }
 
 
+_COUNT = struct.Struct("<I")
+_END = 0xFFFFFFFF  # "no more flows": drain what is there and stop
+
+
+def _read_counts(fd: int) -> list[int]:
+    """Counts waiting in a pipe (each message is 4 bytes, written atomically)."""
+    data = os.read(fd, 4096)
+    if not data:
+        return [_END]  # the other end is gone
+    return [c for (c,) in _COUNT.iter_unpack(data)]
+
+
 def _worker_main(
     factory: Callable[[], PredictFn],
     buffer: Any,
     layout: _Layout,
     max_batch: int,
     max_wait_s: float,
-    filled: Any,
-    free: Any,
-    stop: Any,
+    filled_conn: Any,
+    free_conn: Any,
     results: Any,
 ) -> None:
     # Ctrl-C and SIGTERM reach the whole process group: the parent decides when we stop, after
-    # it has flushed what it holds, so the worker ignores them and drains on `stop`.
+    # it has flushed what it holds, so the worker ignores them and drains until told to end.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -137,31 +155,39 @@ def _worker_main(
     results.put(("ready", None))
     views = layout.views(buffer)
     ids, submitted = views.pop("__id"), views.pop("__t")
-    capacity, tail = layout.capacity, 0
+    filled_fd, free_fd = filled_conn.fileno(), free_conn.fileno()
+    poller = select.poll()
+    poller.register(filled_fd, select.POLLIN)
+    capacity, tail, available, ending = layout.capacity, 0, 0, False
+
+    def take_counts(timeout_s: float) -> None:
+        nonlocal available, ending
+        if poller.poll(max(0, int(timeout_s * 1000))):
+            for count in _read_counts(filled_fd):
+                if count == _END:
+                    ending = True
+                else:
+                    available += count
+
     while True:
-        if not filled.acquire(timeout=0.05):
-            # `stop` is set after the last submit; a failed try after seeing it means empty.
-            if stop.is_set() and not filled.acquire(block=False):
-                break
-            if not stop.is_set():
-                continue
-        n = 1
+        while not available and not ending:
+            take_counts(1.0)
+        if not available:
+            break  # told to end, and everything was processed
         deadline = submitted[tail % capacity] + max_wait_s
-        while n < max_batch:
+        while available < max_batch and not ending:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or stop.is_set():
-                got = filled.acquire(block=False)
-            else:
-                got = filled.acquire(timeout=remaining)
-            if not got:
+            if remaining <= 0:
+                take_counts(0)  # only what is already there
                 break
-            n += 1
+            take_counts(remaining)
+        n = min(available, max_batch)
         index = (tail + np.arange(n)) % capacity
         batch = {name: view[index] for name, view in views.items()}  # copies out of the ring
         batch_ids, batch_submitted = ids[index], submitted[index]
         tail += n
-        for _ in range(n):
-            free.release()
+        available -= n
+        os.write(free_fd, _COUNT.pack(n))
         started = time.monotonic()
         try:
             outputs = predict(batch)
@@ -225,9 +251,11 @@ class Batcher:
         views = self._layout.views(self._buffer)
         self._ids, self._submitted = views.pop("__id"), views.pop("__t")
         self._views = views
-        self._filled = ctx.Semaphore(0)
-        self._free = ctx.Semaphore(self.capacity)
-        self._stop = ctx.Event()
+        filled_r, self._filled = ctx.Pipe(duplex=False)  # producer -> worker: counts
+        self._free, free_w = ctx.Pipe(duplex=False)  # worker -> producer: counts
+        self._free_slots = self.capacity
+        self._free_poll = select.poll()
+        self._free_poll.register(self._free.fileno(), select.POLLIN)
         self._results = ctx.Queue(maxsize=self._result_capacity)
         self._process = ctx.Process(
             target=_worker_main,
@@ -237,15 +265,16 @@ class Batcher:
                 self._layout,
                 self.max_batch,
                 self.max_wait_s,
-                self._filled,
-                self._free,
-                self._stop,
+                filled_r,
+                free_w,
                 self._results,
             ),
             name="netmamba-inference",
             daemon=True,
         )
         self._process.start()
+        filled_r.close()  # the worker holds its own copies of these ends
+        free_w.close()
         deadline = time.monotonic() + self._start_timeout_s
         while True:
             try:
@@ -288,48 +317,82 @@ class Batcher:
             raise BatcherError("the batcher was not started")
         if self._closed:
             raise BatcherError("the batcher is closed")
-        if not self._process.is_alive():
-            # Give the collector a moment to pick up the worker's last words.
-            if self._collector is not None:
-                self._collector.join(1.0)
-            if self._error is not None:
-                raise BatcherError(self._error)
-            raise BatcherError(f"the inference worker died (exit code {self._process.exitcode})")
+
+    def _check_alive(self, gone: bool = False) -> None:
+        if not gone and self._process.is_alive():
+            return
+        # Give the collector a moment to pick up the worker's last words.
+        if self._collector is not None:
+            self._collector.join(2.0)
+        if self._error is not None:
+            raise BatcherError(self._error)
+        raise BatcherError(f"the inference worker died (exit code {self._process.exitcode})")
 
     # -- producer side ---------------------------------------------------------------------
 
     def submit(self, flow_id: int, arrays: Mapping[str, np.ndarray]) -> bool:
         """Queue one flow. False if it was dropped (ring full under the drop policy)."""
+        return self.submit_many([(flow_id, arrays)]) == 1
+
+    def submit_many(self, flows: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> int:
+        """Queue flows (id, arrays) in order; returns how many were accepted. Under the drop
+        policy those that do not fit are dropped and counted; else this waits for room."""
+        if not flows:
+            return 0
         with self._lock:
             self._check()
-            if self.drop_when_full:
-                if not self._free.acquire(block=False):
-                    self.stats.dropped += 1
-                    return False
-            else:
-                while not self._free.acquire(timeout=0.5):
-                    self._check()
-            slot = self._head % self.capacity
+            self._collect_free(wait=False)
+            unsignalled = accepted = 0
             try:
-                for name, view in self._views.items():
-                    value = arrays[name]
-                    if np.shape(value) != view.shape[1:]:
-                        raise ValueError(
-                            f"array {name!r} of flow {flow_id} has shape {np.shape(value)}, "
-                            f"expected {view.shape[1:]}"
-                        )
-                    view[slot] = value
-            except (KeyError, ValueError) as exc:
-                self._free.release()
-                if isinstance(exc, KeyError):
-                    raise ValueError(f"flow {flow_id} lacks the array {exc.args[0]!r}") from None
-                raise
-            self._ids[slot] = flow_id
-            self._submitted[slot] = time.monotonic()
-            self._head += 1
-            self.stats.submitted += 1
-            self._filled.release()
-            return True
+                for flow_id, arrays in flows:
+                    if not self._free_slots:
+                        if self.drop_when_full:
+                            self.stats.dropped += len(flows) - accepted
+                            break
+                        self._signal(unsignalled)  # the worker can start on those
+                        unsignalled = 0
+                        while not self._free_slots:
+                            self._collect_free(wait=True)
+                    self._write_slot(flow_id, arrays)
+                    unsignalled += 1
+                    accepted += 1
+            finally:
+                self._signal(unsignalled)
+            return accepted
+
+    def _write_slot(self, flow_id: int, arrays: Mapping[str, np.ndarray]) -> None:
+        slot = self._head % self.capacity
+        for name, view in self._views.items():
+            try:
+                value = arrays[name]
+            except KeyError:
+                raise ValueError(f"flow {flow_id} lacks the array {name!r}") from None
+            if np.shape(value) != view.shape[1:]:
+                raise ValueError(
+                    f"array {name!r} of flow {flow_id} has shape {np.shape(value)}, "
+                    f"expected {view.shape[1:]}"
+                )
+            view[slot] = value
+        self._ids[slot] = flow_id
+        self._submitted[slot] = time.monotonic()
+        self._head += 1
+        self._free_slots -= 1
+        self.stats.submitted += 1
+
+    def _signal(self, count: int) -> None:
+        if count:
+            os.write(self._filled.fileno(), _COUNT.pack(count))
+
+    def _collect_free(self, wait: bool) -> None:
+        """Take the worker's "slots free again" counts; with `wait`, wait up to 0.5 s."""
+        if not self._free_poll.poll(500 if wait else 0):
+            if wait:
+                self._check_alive()
+            return
+        for count in _read_counts(self._free.fileno()):
+            if count == _END:
+                self._check_alive(gone=True)
+            self._free_slots += count
 
     # -- consumer side ---------------------------------------------------------------------
 
@@ -372,7 +435,8 @@ class Batcher:
         if self._process is None or self._closed:
             return
         self._closed = True
-        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._filled.fileno(), _COUNT.pack(_END))
         if self._collector is not None:
             self._collector.join(timeout_s)
             if self._collector.is_alive():

@@ -252,11 +252,6 @@ class _Interrupted(Exception):
 
 
 @dataclass
-class _Pending:
-    flow: ReadyFlow  # arrays dropped once queued: only the description stays
-
-
-@dataclass
 class ServiceSummary:
     seconds: float
     packets: int
@@ -309,7 +304,7 @@ class Service:
             drop_when_full=drop,
         )
         self.http: HttpServer | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, ReadyFlow] = {}  # queued for inference, by flow id
         self._ids = itertools.count(1)
         self._run_id = f"{int(time.time() * 1000):x}"
         self._stop = threading.Event()
@@ -400,14 +395,20 @@ class Service:
     # -- the pipeline -------------------------------------------------------------------------
 
     def _submit(self, flows: list[ReadyFlow]) -> None:
+        if not flows:
+            return
+        items = []
         for flow in flows:
             flow_id = next(self._ids)
-            self._pending[flow_id] = _Pending(flow)
-            if self.batcher.submit(flow_id, flow.arrays):
-                flow.arrays = {}  # the batcher copied them
-            else:
-                del self._pending[flow_id]
-                self.metrics.flows_dropped.inc()
+            self._pending[flow_id] = flow  # before submit: its result may come back at once
+            items.append((flow_id, flow.arrays))
+        accepted = self.batcher.submit_many(items)
+        for flow_id, _ in items[accepted:]:  # dropped (inference full): the tail of the list
+            del self._pending[flow_id]
+        if accepted < len(items):
+            self.metrics.flows_dropped.inc(len(items) - accepted)
+        for flow in flows[:accepted]:
+            flow.arrays = {}  # copied into the ring: only the description stays
         self._peak_in_flight = max(self._peak_in_flight, self._in_flight())
 
     def _on_results(self, result: BatchResult) -> None:
@@ -422,11 +423,10 @@ class Service:
         now = time.time()
         records = []
         for row, flow_id in enumerate(result.ids.tolist()):
-            pending = self._pending.pop(flow_id, None)
-            if pending is None:
+            f = self._pending.pop(flow_id, None)
+            if f is None:
                 self._lost += 1
                 continue
-            f = pending.flow
             records.append(
                 FlowRecord(
                     flow_id=f"{self._run_id}-{flow_id}",

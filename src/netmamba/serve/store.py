@@ -13,6 +13,7 @@ far is written; `close()` flushes and stops.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -79,6 +80,7 @@ class FlowRecord:
         return cls(**data)
 
 
+@functools.lru_cache(maxsize=65536)  # addresses repeat: parsing each one costs microseconds
 def normalise_address(address: str) -> str:
     """The canonical text of an IP address (IPv6 compressed), or the text unchanged if not one."""
     try:

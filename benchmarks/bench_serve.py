@@ -1,0 +1,311 @@
+#!/usr/bin/env python3
+"""Benchmarks of `netmamba serve`. Figures are printed; the last line is one JSON object.
+
+    python benchmarks/bench_serve.py [CAPTURE_DIR] [--config fast|paper]
+        Replay captures as fast as possible through the whole service (reader, flow table,
+        batched inference with the default model, SQLite store) and report Mb/s, packets/s,
+        flows/s classified, batch latency p50/p99, drops, lost flows and peak memory.
+        (Part 2 of issue 6: needs the flow meter and the model; see `replay_benchmark`.)
+
+    python benchmarks/bench_serve.py --capture-rate [--packets N]
+        Live capture on a veth pair into a network namespace (needs root): how many packets
+        per second each capture method (TPACKET_V3 ring, recvmsg) hands to Python. The kernel
+        first queues N frames while nobody reads; the time to drain them is the consumer's
+        rate, whatever the sender can do. Methods alternate, each run several times.
+
+    python benchmarks/bench_serve.py --plumbing [--flows N]
+        The service's own machinery alone: ready flows of the paper's geometry through the
+        inference queue, a worker whose model costs nothing, and the SQLite store. The ceiling
+        the parser, flow table and model sit under; not a figure of the classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import json
+import os
+import resource
+import secrets
+import shutil
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+CLONE_NEWNET = 0x40000000
+
+
+# -- live capture rate ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def veth_pair() -> Iterator[tuple[str, str, str]]:
+    """(host interface, namespace, namespace interface) of a fresh veth pair."""
+    tag = secrets.token_hex(3)
+    netns, host, peer = f"nmbench{tag}", f"nmbh{tag}", f"nmbp{tag}"
+    run = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
+    run("ip", "netns", "add", netns)
+    try:
+        run("ip", "link", "add", host, "type", "veth", "peer", "name", peer, "netns", netns)
+        run("ip", "link", "set", host, "up")
+        run("ip", "-n", netns, "link", "set", peer, "up")
+        yield host, netns, peer
+    finally:
+        subprocess.run(["ip", "link", "del", host], capture_output=True)
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True)
+
+
+def socket_in_netns(netns: str, ifname: str) -> socket.socket:
+    """A packet socket bound to `ifname` inside `netns` (made by a thread that entered it)."""
+    out: dict[str, object] = {}
+
+    def make() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+            s.bind((ifname, 0))
+            out["sock"] = s
+        except OSError as exc:
+            out["error"] = exc
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out["sock"]  # type: ignore[return-value]
+
+
+def udp_frame(size: int) -> bytes:
+    """An Ethernet/IPv4/UDP frame of `size` bytes to port 9 (discard)."""
+    payload = bytes(size - 42)
+    udp = struct.pack("!HHHH", 40000, 9, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                     bytes([10, 99, 0, 2]), bytes([10, 99, 0, 1]))  # fmt: skip
+    return b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x02" + b"\x08\x00" + ip + udp
+
+
+def drain_rate(host: str, inject: socket.socket, method: str, frame: bytes, n: int) -> dict:
+    from netmamba.capture.live import LiveCapture, LiveCaptureConfig
+
+    buffer_mb = max(64, n * (len(frame) + 3000) // 2**20)  # room for all n (recvmsg truesize)
+    config = LiveCaptureConfig(
+        interface=host, method=method, bpf="udp dst port 9", buffer_mb=buffer_mb, block_kb=4096
+    )
+    with LiveCapture(config) as cap:
+        start = time.perf_counter()
+        for i in range(n):
+            inject.send(frame)
+            if i % 500 == 499:
+                time.sleep(0)  # let the veth backlog drain into the socket
+        sent_s = time.perf_counter() - start
+        time.sleep(0.2)
+        stats = cap.stats()
+        queued = stats.received - stats.dropped
+        got = 0
+        start = time.perf_counter()
+        for batch in cap.batches():
+            got += len(batch)
+            if got >= queued or (not batch and got):
+                break
+        drain_s = time.perf_counter() - start
+    return {
+        "method": method,
+        "frame_bytes": len(frame),
+        "queued": queued,
+        "kernel_drops": stats.dropped,
+        "read": got,
+        "pps": got / drain_s,
+        "sender_pps": n / sent_s,
+    }
+
+
+def capture_rate(n: int, repeats: int) -> dict:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise SystemExit("--capture-rate needs root and iproute2 (network namespace, veth pair)")
+    results: dict[str, dict[int, list[float]]] = {"ring": {}, "recvmsg": {}}
+    with veth_pair() as (host, netns, peer):
+        inject = socket_in_netns(netns, peer)
+        for size in (64, 1514):
+            frame = udp_frame(size)
+            for rep in range(repeats):
+                order = ("ring", "recvmsg") if rep % 2 == 0 else ("recvmsg", "ring")
+                for method in order:
+                    r = drain_rate(host, inject, method, frame, n)
+                    results[method].setdefault(size, []).append(r["pps"])
+                    print(
+                        f"  {method:8s} {size:5d}-byte frames: read {r['read']:,} of "
+                        f"{r['queued']:,} queued ({r['kernel_drops']} kernel drops) at "
+                        f"{r['pps']:,.0f} packets/s (sender {r['sender_pps']:,.0f}/s)",
+                        flush=True,
+                    )
+    summary: dict = {"packets": n, "repeats": repeats}
+    for size in (64, 1514):
+        ring = statistics.median(results["ring"][size])
+        recv = statistics.median(results["recvmsg"][size])
+        summary[f"ring_pps_{size}"] = round(ring)
+        summary[f"recvmsg_pps_{size}"] = round(recv)
+        summary[f"ring_over_recvmsg_{size}"] = round(ring / recv, 2)
+    return summary
+
+
+# -- the service's machinery alone ---------------------------------------------------------------
+
+
+def paper_geometry() -> dict[str, tuple[tuple[int, ...], str]]:
+    return {
+        "bytes": ((1600,), "uint8"),
+        "header_lens": ((5,), "uint16"),
+        "payload_lens": ((5,), "uint16"),
+        "sizes": ((20,), "int16"),
+        "iats": ((20,), "float32"),
+        "seq_mask": ((20,), "bool"),
+    }
+
+
+def free_predict_factory(classes: int = 10):  # type: ignore[no-untyped-def]
+    """A model that costs nothing: probabilities from the first byte (picklable factory)."""
+
+    def predict(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        first = arrays["bytes"][:, 0].astype(np.int64)
+        probs = np.full((len(first), classes), 0.5 / (classes - 1), dtype=np.float32)
+        probs[np.arange(len(first)), first % classes] = 0.5
+        return {"probs": probs}
+
+    return predict
+
+
+class OneFlowPerPacket:
+    """A flow table stand-in: every 'packet' is a whole ready flow (no parsing)."""
+
+    flows_evicted = 0
+    active_flows = 0
+
+    def __init__(self) -> None:
+        self.flows_seen = 0
+        rng = np.random.default_rng(0)
+        self.arrays = {
+            name: rng.integers(0, 200, size=shape).astype(dtype)
+            for name, (shape, dtype) in paper_geometry().items()
+        }
+
+    def add(self, packets: list) -> list:  # type: ignore[type-arg]
+        from netmamba.serve.service import ReadyFlow
+
+        ready = []
+        for ts, data, _ in packets:
+            n = self.flows_seen
+            self.flows_seen += 1
+            arrays = dict(self.arrays)
+            arrays["bytes"] = arrays["bytes"].copy()
+            arrays["bytes"][0] = n % 251
+            ready.append(
+                ReadyFlow(6, "10.0.0.1", 1024 + n % 60000, "10.0.0.2", 443, ts, ts + 1000, 5,
+                          len(data) * 5, arrays)  # fmt: skip
+            )
+        return ready
+
+    def expire(self, now_ns: int) -> list:  # type: ignore[type-arg]
+        return []
+
+    def flush(self) -> list:  # type: ignore[type-arg]
+        return []
+
+
+def plumbing(n_flows: int) -> dict:
+    from netmamba.serve.replay import Replay
+    from netmamba.serve.service import ModelSpec, ReplaySource, ServeConfig, Service
+
+    labels = [f"class{i}" for i in range(10)]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ServeConfig(store=f"{tmp}/r.sqlite", http=False, log_interval_s=0)
+        packets = [(1_700_000_000 * 10**9 + i * 1000, b"x" * 700, 1) for i in range(n_flows)]
+        model = ModelSpec("free", labels, paper_geometry(), free_predict_factory)
+        service = Service(config, ReplaySource(Replay(packets), "synthetic"), OneFlowPerPacket(),
+                          model)  # fmt: skip
+        service.start()
+        summary = service.run(install_signals=False)
+        from netmamba.serve.sqlite_store import SQLiteStore
+
+        with SQLiteStore(f"{tmp}/r.sqlite") as store:
+            stored = store.count()
+    latencies = np.array(summary.batch_latencies_s) * 1000
+    return {
+        "flows": n_flows,
+        "flows_per_s": round(summary.flows_per_s),
+        "stored": stored,
+        "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+        "drops": summary.flows_dropped,
+        "lost_flows": summary.flows_lost,
+    }
+
+
+# -- the whole service ---------------------------------------------------------------------------
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its (finished) children, MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
+
+
+def replay_benchmark(capture_dir: Path | None, config_name: str) -> dict:
+    """TODO(part 2): the replay benchmark of issue 6.
+
+    1. captures: every *.pcap / *.pcapng under `capture_dir` (../shared/data/ndpi-4.2/pcap by
+       default), or a generated corpus (tests/pcapgen.py) when absent;
+    2. source: `Replay(frames, speed=None)` over `netmamba.capture.open_capture(...)`;
+    3. flow table: the online flow table over `netmamba.flows` with the model's FeatureConfig;
+    4. model: the default checkpoint (or the `paper` configuration), its predict factory;
+    5. `Service(ServeConfig(http=False, overload="block"), ...).run()`; then report
+       mbps, pps, flows_per_s, latency p50/p99 (summary.batch_latencies_s), drops, lost flows
+       and peak_rss_mb(), and compare the flows stored with `netmamba classify`.
+    """
+    raise SystemExit(
+        "the replay benchmark needs the flow meter and the model (issue 6, part 2); "
+        "meanwhile: --capture-rate or --plumbing"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("capture_dir", nargs="?", type=Path, default=None)
+    parser.add_argument("--config", choices=("fast", "paper"), default="fast")
+    parser.add_argument("--capture-rate", action="store_true")
+    parser.add_argument("--packets", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--plumbing", action="store_true")
+    parser.add_argument("--flows", type=int, default=50_000)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO / "src"))
+    if args.capture_rate:
+        result = capture_rate(args.packets, args.repeats)
+    elif args.plumbing:
+        result = plumbing(args.flows)
+    else:
+        result = replay_benchmark(args.capture_dir, args.config)
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
