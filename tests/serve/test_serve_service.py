@@ -7,7 +7,9 @@ import functools
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -21,9 +23,11 @@ from servehelpers import (
     packet,
 )
 
+from netmamba.capture.live import LiveCapture, LiveCaptureConfig
 from netmamba.serve.replay import Replay
 from netmamba.serve.service import (
     HttpServer,
+    LiveSource,
     ModelSpec,
     ReplaySource,
     ServeConfig,
@@ -32,6 +36,7 @@ from netmamba.serve.service import (
 )
 from netmamba.serve.sqlite_store import SQLiteStore
 from netmamba.serve.store import FlowQuery
+from netns import ipv4_frame, veth_pair
 
 T0 = 1_700_000_000_000_000_000
 
@@ -176,3 +181,39 @@ def test_serve_config_checks_values() -> None:
     with pytest.raises(ConfigError, match="port must be 0-65535"):
         ServeConfig(port=70000)
     assert ServeConfig.from_json(ServeConfig(port=9000).to_json()).port == 9000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="AF_PACKET is Linux")
+def test_live_capture_flows_appear_through_the_api(tmp_path: Path) -> None:
+    with veth_pair() as veth:
+        capture = LiveCapture(
+            LiveCaptureConfig(interface=veth.host_if, bpf="udp dst port 7777", poll_timeout_ms=50)
+        )
+        cfg = config(tmp_path, http=True, port=0, max_wait_ms=20)
+        service = Service(cfg, LiveSource(capture), KeyedFlowTable(), model())
+        assert service.batcher.drop_when_full  # live: overload drops rather than waits
+        service.start()
+        runner = threading.Thread(target=service.run, kwargs={"install_signals": False})
+        runner.start()
+        try:
+            inject = veth.injector()
+            for rnd in range(3):
+                for flow in range(20):  # the stand-in table names a flow by 4 leading bytes
+                    frame = ipv4_frame(veth, 17, 5000 + flow, 7777, b"round %d" % rnd)
+                    inject.send(b"%04d" % flow + frame[4:])
+            assert service.http is not None
+            url = service.http.url + "api/flows"
+            deadline = time.monotonic() + 30
+            while httpx.get(url).json()["total"] < 20 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            flows = httpx.get(url, params={"limit": 100}).json()["flows"]
+            assert sorted(f["src_port"] - 10000 for f in flows) == list(range(20))
+            assert all(f["label"] == label_of(f["src_port"] - 10000) for f in flows)
+            assert {f["source"] for f in flows} == {veth.host_if}
+            metrics = httpx.get(service.http.url + "metrics").text
+            assert "netmamba_packets_total 60" in metrics
+        finally:
+            service.stop()
+            runner.join(30)
+    assert not runner.is_alive()
+    assert service.metrics.kernel_received.value == 60
