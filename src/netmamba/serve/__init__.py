@@ -1,0 +1,13 @@
+"""The online service (`netmamba serve`): live capture or replay -> flow table -> batched
+inference in a worker process -> results store -> HTTP API and dashboard.
+
+    service.py       the pipeline and its interfaces (PacketSource, FlowTable, ModelSpec)
+    replay.py        capture files and standard input at a chosen pace
+    batcher.py       dynamic batching in a worker process, bounded queues, drops counted
+    store.py         the results-store interface; sqlite_store.py (default), redis_store.py
+    metrics.py       Prometheus counters and histograms, throughput history
+    api.py           FastAPI endpoints; static/index.html is the dashboard
+    options.py       the command-line options of `netmamba serve`
+
+Live capture itself is `netmamba.capture.live`.
+"""
