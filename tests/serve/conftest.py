@@ -18,6 +18,7 @@ REDIS_SERVER = shutil.which("redis-server")
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A redis-server of our own on a Unix socket (no TCP port to collide with)."""
+    pytest.importorskip("redis", reason="the redis package is not installed (netmamba[redis])")
     if REDIS_SERVER is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     folder = tmp_path_factory.mktemp("redis")
