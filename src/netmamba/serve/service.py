@@ -471,13 +471,13 @@ class Service:
     def _log_status(self) -> None:
         c, r = self.metrics.counters(), self.metrics.rates()
         log.info(
-            "%s: %s pkt/s, %.1f Mb/s; flows: %s classified (%.0f/s), %s dropped, %s evicted; "
+            "%s: %s pkt/s, %.1f Mb/s; flows: %s classified (%s/s), %s dropped, %s evicted; "
             "queue %d/%d; store pending %d",
             self.source.name,
             f"{r['packets_per_s']:,.0f}",
             r["mbps"],
             f"{c['flows_classified']:,}",
-            r["flows_per_s"],
+            f"{r['flows_per_s']:,.0f}",
             f"{c['flows_dropped']:,}",
             f"{c['flows_evicted']:,}",
             self._in_flight(),
@@ -487,7 +487,8 @@ class Service:
 
     def _read_loop(self) -> None:
         c, m = self.config, self.metrics
-        next_expire = next_log = time.monotonic()
+        next_expire = time.monotonic()
+        next_log = next_expire + c.log_interval_s
         batches = iter(self.source.batches())
         while not self._stop.is_set():
             self._in_source = True
@@ -508,8 +509,7 @@ class Service:
                 self._submit(self.table.expire(self.source.now_ns()))
                 self._update_counters()
             if c.log_interval_s and now >= next_log:
-                if next_log != now:
-                    self._log_status()
+                self._log_status()
                 next_log = now + c.log_interval_s
 
     def start(self) -> Service:
