@@ -1,22 +1,22 @@
 #!/usr/bin/env python3
 """Benchmarks of `netmamba serve`. Figures are printed; the last line is one JSON object.
 
-    python benchmarks/bench_serve.py [CAPTURE_DIR] [--config fast|paper]
-        Replay captures as fast as possible through the whole service (reader, flow table,
-        batched inference with the default model, SQLite store) and report Mb/s, packets/s,
-        flows/s classified, batch latency p50/p99, drops, lost flows and peak memory.
-        (Part 2 of issue 6: needs the flow meter and the model; see `replay_benchmark`.)
+python benchmarks/bench_serve.py [CAPTURE_DIR] [--config fast|paper]
+    Replay captures as fast as possible through the whole service (reader, flow table,
+    batched inference with the default model, SQLite store) and report Mb/s, packets/s,
+    flows/s classified, batch latency p50/p99, drops, lost flows and peak memory.
+    (Part 2 of issue 6: needs the flow meter and the model; see `replay_benchmark`.)
 
-    python benchmarks/bench_serve.py --capture-rate [--packets N]
-        Live capture on a veth pair into a network namespace (needs root): how many packets
-        per second each capture method (TPACKET_V3 ring, recvmsg) hands to Python. The kernel
-        first queues N frames while nobody reads; the time to drain them is the consumer's
-        rate, whatever the sender can do. Methods alternate, each run several times.
+python benchmarks/bench_serve.py --capture-rate [--packets N]
+    Live capture on a veth pair into a network namespace (needs root): how many packets
+    per second each capture method (TPACKET_V3 ring, recvmsg) hands to Python. The kernel
+    first queues N frames while nobody reads; the time to drain them is the consumer's
+    rate, whatever the sender can do. Methods alternate, each run several times.
 
-    python benchmarks/bench_serve.py --plumbing [--flows N]
-        The service's own machinery alone: ready flows of the paper's geometry through the
-        inference queue, a worker whose model costs nothing, and the SQLite store. The ceiling
-        the parser, flow table and model sit under; not a figure of the classifier.
+python benchmarks/bench_serve.py --plumbing [--flows N]
+    The service's own machinery alone: ready flows of the paper's geometry through the
+    inference queue, a worker whose model costs nothing, and the SQLite store. The ceiling
+    the parser, flow table and model sit under; not a figure of the classifier.
 """
 
 from __future__ import annotations
@@ -216,8 +216,18 @@ class OneFlowPerPacket:
             arrays["bytes"] = arrays["bytes"].copy()
             arrays["bytes"][0] = n % 251
             ready.append(
-                ReadyFlow(6, "10.0.0.1", 1024 + n % 60000, "10.0.0.2", 443, ts, ts + 1000, 5,
-                          len(data) * 5, arrays)  # fmt: skip
+                ReadyFlow(
+                    protocol=6,
+                    src_ip="10.0.0.1",
+                    src_port=1024 + n % 60000,
+                    dst_ip="10.0.0.2",
+                    dst_port=443,
+                    first_ts_ns=ts,
+                    last_ts_ns=ts + 1000,
+                    packets=5,
+                    bytes=len(data) * 5,
+                    arrays=arrays,
+                )
             )
         return ready
 
