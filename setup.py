@@ -46,7 +46,8 @@ class OptionalBuildExt(build_ext):
 
 # -ffp-contract=fast lets a*b+c become one FMA (-std=c11 alone turns contraction off);
 # -Wno-psabi silences a note about 32-byte vector arguments of static (never exported) helpers.
-COMPILE_ARGS = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi", "-pthread"]
+COMPILE_ARGS = ["-O3", "-std=c11", "-fno-math-errno", "-ffp-contract=fast", "-Wno-psabi"]
+COMPILE_ARGS += ["-pthread"]
 LINK_ARGS = ["-pthread"]
 
 

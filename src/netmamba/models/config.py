@@ -1,4 +1,4 @@
-"""`ModelConfig`: the model's sizes, input geometry and variant, with the `paper` and `fast` presets.
+"""`ModelConfig`: the model's sizes, input geometry and variant; the `paper` and `fast` presets.
 
 Symbols follow the paper: D (d_model), E = expand * D (inner width of a Mamba mixer), N (SSM state
 size), M_b / N_h / N_p (packets, header and payload bytes per packet of the byte modality),
@@ -41,7 +41,7 @@ class ModelConfig(Config):
     """Everything that defines a NetMamba+ / NetTrans model; `preset()` gives the named ones."""
 
     backbone: str = "mamba"  # "mamba" (NetMamba+) or "transformer" (NetTrans)
-    variant: str = "all"  # see VARIANTS: all | bytes | sizes | iats | no_header | no_payload | patches
+    variant: str = "all"  # VARIANTS: all, bytes, sizes, iats, no_header, no_payload, patches
     # input geometry: must match the data (see check_features / feature_config)
     n_packets: int = 5  # M_b: packets whose bytes are read
     header_bytes: int = 80  # N_h: bytes from the IP header on, per packet
@@ -52,14 +52,14 @@ class ModelConfig(Config):
     patch_size: int = 2  # p: side of a 2-D patch (variant "patches")
     image_width: int = 40  # bytes per image row for 2-D patches (40 x 40 = 1600 in the paper)
     signed_sizes: bool = False  # sizes carry a direction sign (bi-directional sessions)
-    size_offset: int = 0  # added to sizes before their value embedding (MTU in the authors' signed checkpoints)
+    size_offset: int = 0  # added to sizes before embedding (MTU for the authors' signed ones)
     # encoder
     d_model: int = 256  # D
     depth: int = 4  # encoder blocks
     d_state: int = 16  # N: SSM state size (mamba)
     expand: int = 2  # E = expand * D (mamba)
     d_conv: int = 4  # causal depthwise conv width (mamba)
-    dt_rank: int = 0  # R: rank of the delta projection; 0 = ceil(D / 16) (mamba)
+    dt_rank: int = 0  # R: rank of the encoder's delta projection; 0 = ceil(D / 16) (mamba)
     n_heads: int = 8  # attention heads (transformer)
     ffn_mult: int = 4  # GeGLU hidden width = ffn_mult * D (transformer)
     norm_eps: float = 1e-5
@@ -88,16 +88,29 @@ class ModelConfig(Config):
         if self.fusion not in FUSIONS:
             raise bad(f"fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
         for name in (
-            "n_packets", "header_bytes", "seq_len", "mtu", "stride", "patch_size",
-            "image_width", "d_model", "depth", "d_state", "expand", "d_conv", "n_heads",
-            "ffn_mult", "decoder_dim", "decoder_depth",
-        ):  # fmt: skip
+            "n_packets",
+            "header_bytes",
+            "seq_len",
+            "mtu",
+            "stride",
+            "patch_size",
+            "image_width",
+            "d_model",
+            "depth",
+            "d_state",
+            "expand",
+            "d_conv",
+            "n_heads",
+            "ffn_mult",
+            "decoder_dim",
+            "decoder_depth",
+        ):
             if getattr(self, name) <= 0:
                 raise bad(f"{name} must be positive (got {getattr(self, name)})")
         if self.payload_bytes < 0 or self.dt_rank < 0:
             raise bad("payload_bytes and dt_rank must be >= 0")
         if self.d_model % 2:
-            raise bad(f"d_model must be even for the sinusoidal value embedding (got {self.d_model})")
+            raise bad(f"d_model must be even for the sinusoidal embedding (got {self.d_model})")
         if self.backbone == "transformer":
             for width, what in ((self.d_model, "d_model"), (self.decoder_dim, "decoder_dim")):
                 if width % self.n_heads:
@@ -126,7 +139,8 @@ class ModelConfig(Config):
             if used % width or width % p or (used // width) % p:
                 raise ConfigError(
                     f"ModelConfig: {used} bytes do not form an image of width {width} cut into "
-                    f"{p}x{p} patches; choose image_width dividing {used}, both sides divisible by {p}"
+                    f"{p}x{p} patches; choose image_width dividing {used}, both sides "
+                    f"divisible by {p}"
                 )
 
     # ---- derived sizes ------------------------------------------------------------------
@@ -151,7 +165,7 @@ class ModelConfig(Config):
 
     @property
     def byte_tokens(self) -> str:
-        """"stride" (1-D strides of L_s bytes) or "patch" (2-D p x p patches)."""
+        """ "stride" (1-D strides of L_s bytes) or "patch" (2-D p x p patches)."""
         return VARIANTS[self.variant][2]
 
     @property
@@ -237,7 +251,9 @@ class ModelConfig(Config):
             raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
         backbone = overrides.get("backbone", PRESETS[name]["mamba"].get("backbone", "mamba"))
         if backbone not in BACKBONES:
-            raise ConfigError(f"ModelConfig: backbone {backbone!r} is not one of {', '.join(BACKBONES)}")
+            raise ConfigError(
+                f"ModelConfig: backbone {backbone!r} is not one of {', '.join(BACKBONES)}"
+            )
         fields = {**PRESETS[name][backbone], **overrides}
         unknown = sorted(set(fields) - set(cls.__dataclass_fields__))
         if unknown:
@@ -254,17 +270,37 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # NetTrans D=192, 8 heads, depth 4, dropout 0.1.
     "paper": {
         "mamba": {"backbone": "mamba", "d_model": 256, "depth": 4, "d_state": 16, "expand": 2},
-        "transformer": {"backbone": "transformer", "d_model": 192, "depth": 4, "n_heads": 8,
-                        "dropout": 0.1},  # fmt: skip
+        "transformer": {
+            "backbone": "transformer",
+            "d_model": 192,
+            "depth": 4,
+            "n_heads": 8,
+            "dropout": 0.1,
+        },
     },
     # The built-in default model and the online service's, chosen by measurement on a 2-core
     # CPU (benchmarks/bench_models.py): fewer byte tokens (64 header + 64 payload bytes per
     # packet in strides of 8: 80 tokens instead of 400), D=128, N=8, depth 3.
     "fast": {
-        "mamba": {"backbone": "mamba", "header_bytes": 64, "payload_bytes": 64, "stride": 8,
-                  "d_model": 128, "depth": 3, "d_state": 8, "expand": 2},  # fmt: skip
-        "transformer": {"backbone": "transformer", "header_bytes": 64, "payload_bytes": 64,
-                        "stride": 8, "d_model": 128, "depth": 3, "n_heads": 4,
-                        "dropout": 0.1},  # fmt: skip
+        "mamba": {
+            "backbone": "mamba",
+            "header_bytes": 64,
+            "payload_bytes": 64,
+            "stride": 8,
+            "d_model": 128,
+            "depth": 3,
+            "d_state": 8,
+            "expand": 2,
+        },
+        "transformer": {
+            "backbone": "transformer",
+            "header_bytes": 64,
+            "payload_bytes": 64,
+            "stride": 8,
+            "d_model": 128,
+            "depth": 3,
+            "n_heads": 4,
+            "dropout": 0.1,
+        },
     },
 }

@@ -21,8 +21,11 @@ from netmamba.models.layers import RMSNorm, drop_path_rates, init_linear, sinuso
 from netmamba.models.mamba import MambaBlock
 
 
-def make_blocks(config: ModelConfig, width: int, depth: int) -> nn.ModuleList:
-    """`depth` blocks of the configured backbone, `width` wide, drop path rising to the maximum."""
+def make_blocks(
+    config: ModelConfig, width: int, depth: int, dt_rank: int | None = None
+) -> nn.ModuleList:
+    """`depth` blocks of the configured backbone, `width` wide, drop path rising to the maximum
+    (Mamba: delta rank `dt_rank`, default ceil(width / 16))."""
     blocks = []
     for rate in drop_path_rates(config.drop_path, depth):
         if config.backbone == "mamba":
@@ -32,7 +35,7 @@ def make_blocks(config: ModelConfig, width: int, depth: int) -> nn.ModuleList:
                     d_state=config.d_state,
                     expand=config.expand,
                     d_conv=config.d_conv,
-                    dt_rank=config.dt_rank or None,
+                    dt_rank=dt_rank,
                     drop_path=rate,
                     norm_eps=config.norm_eps,
                 )
@@ -92,7 +95,7 @@ class Encoder(nn.Module):
         self.indicators = nn.ParameterDict({m: nn.Parameter(torch.zeros(D)) for m in self.lengths})
         self.pos_embed = nn.Parameter(torch.zeros(config.n_tokens, D))
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = make_blocks(config, D, config.depth)
+        self.blocks = make_blocks(config, D, config.depth, config.dt_rank or None)
         self.norm = make_norm(config, D)
         self._init_weights()
 
@@ -106,7 +109,9 @@ class Encoder(nn.Module):
 
     # ---- embedding -----------------------------------------------------------------------
 
-    def content(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def content(
+        self, batch: dict[str, torch.Tensor]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per modality: (content (B, n, D) without position or indicator, valid (B, n))."""
         config, D = self.config, self.config.d_model
         out = {}

@@ -154,7 +154,8 @@ def random_batch(
     every flow all its packets and bytes (no padding).
     """
     g = generator
-    M_b, N_h, N_p, M_seq = config.n_packets, config.header_bytes, config.payload_bytes, config.seq_len
+    M_b, N_h, N_p = config.n_packets, config.header_bytes, config.payload_bytes
+    M_seq = config.seq_len
 
     def randint(low: int, high: int, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.randint(low, high + 1, shape, generator=g)

@@ -232,7 +232,15 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, softplus, mask) -> torch
     D = D.to(dtype).contiguous() if D is not None else None
     delta_bias = delta_bias.to(dtype).contiguous() if delta_bias is not None else None
     out = SelectiveScan.apply(
-        prep(u), prep(delta), A, prep(B), prep(C), D, prep(z), delta_bias, bool(softplus),
+        prep(u),
+        prep(delta),
+        A,
+        prep(B),
+        prep(C),
+        D,
+        prep(z),
+        delta_bias,
+        bool(softplus),
         mask_bytes(mask),
     )
     return out.to(u.dtype)

@@ -143,7 +143,7 @@ class Pretrainer(nn.Module):
                 tokens = enc.place(name, values, None)  # (B, n, D)
                 visible = tokens.gather(1, positions[..., None].expand(-1, -1, tokens.shape[-1]))
                 segments.append(Segment(name, visible, kept))
-                byte_view = (positions, kept, valid, values.shape[1])
+                byte_view = (positions, kept, valid)
                 continue
             ratio = config.size_mask_ratio if name == "sizes" else config.iat_mask_ratio
             hidden = choose_masked(valid, ratio, generator)  # (B, M_seq)
@@ -155,7 +155,7 @@ class Pretrainer(nn.Module):
         losses = {"loss_bytes": zero, "loss_sizes": zero, "loss_iats": zero}
 
         if byte_view is not None:
-            positions, kept, valid, n = byte_view
+            positions, kept, valid = byte_view
             start = out.starts["bytes"]
             visible = out.hidden[:, start : start + positions.shape[1]]  # (B, K, D)
             pred = self.byte_decoder(visible, out.cls["bytes"], positions, kept, valid)

@@ -124,7 +124,8 @@ def _choose(u: torch.Tensor, impl: str | None) -> str:
     if name not in IMPLEMENTATIONS:
         raise ValueError(
             f"unknown selective-scan implementation {name!r} (from "
-            f"{'the impl argument' if impl else ENV_VAR}); choose one of {', '.join(IMPLEMENTATIONS)}"
+            f"{'the impl argument' if impl else ENV_VAR}); "
+            f"choose one of {', '.join(IMPLEMENTATIONS)}"
         )
     if name == "auto":
         if u.is_cuda:
