@@ -56,6 +56,7 @@ _PCAP_MAGIC = {
 }
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _GZIP_MAGIC = b"\x1f\x8b"
+_TS_MAX = (1 << 63) - 1
 _STREAM_ERRORS = (OSError, EOFError, zlib.error)
 
 
@@ -366,6 +367,8 @@ class _Prefixed(io.RawIOBase):
 
 def _batch_from_columns(buf, ts, off, caplen, wirelen, linktype) -> PacketBatch:  # type: ignore[no-untyped-def]
     packets = np.zeros(len(ts), PACKET_DTYPE)
+    if max(ts) > _TS_MAX or min(ts) < -_TS_MAX:  # nonsense timestamps of a corrupt file
+        ts = [min(max(t, -_TS_MAX), _TS_MAX) for t in ts]
     packets["ts_ns"] = ts
     packets["off"] = off
     packets["caplen"] = caplen

@@ -325,8 +325,9 @@ def _build(
     (out_dir / "captures.json").write_text(
         json.dumps([r.to_dict() for r in reports], indent=1) + "\n"
     )
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+    text = json.dumps(manifest, indent=2)
+    (out_dir / "manifest.json").write_text(text + "\n")
+    return json.loads(text)  # exactly what a reader of the file gets (lists, not tuples)
 
 
 def _read_part(path: Path) -> pa.Table:

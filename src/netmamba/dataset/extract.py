@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-FLOW_CHUNK = 4096  # flows turned into arrays at a time (bounds memory per file)
+FLOW_CHUNK = 4096
+CAPTURE_SUFFIXES = (
+    ".pcap",
+    ".pcapng",
+    ".cap",
+    ".dmp",
+    ".pcap.gz",
+    ".pcapng.gz",
+    ".cap.gz",
+)  # flows turned into arrays at a time (bounds memory per file)
 
 
 @dataclass(frozen=True)
@@ -82,9 +91,10 @@ class FileReport:
 
 def find_captures(inputs: Sequence[str | Path]) -> tuple[list[CaptureInput], list[str]]:
     """(captures, ignored): captures under the inputs, sorted by path so that results never
-    depend on the order the file system lists them; `ignored` are the files found in folders
-    that are not captures (README, MAC lists, ...). A file named directly is always returned
-    (if it is not a capture, reading it reports why). Missing inputs raise FileNotFoundError."""
+    depend on the order the file system lists them. In folders, a file is a capture when its
+    first bytes say so or its name ends like one (.pcap, .pcapng, .cap, ... : then a broken one
+    is reported, not skipped); `ignored` are the other files (README, MAC lists, ...). A file
+    named directly is always returned. Missing inputs raise FileNotFoundError."""
     found: dict[str, str | None] = {}
     ignored: list[str] = []
     for item in inputs:
@@ -96,7 +106,7 @@ def find_captures(inputs: Sequence[str | Path]) -> tuple[list[CaptureInput], lis
                     if name.startswith("."):
                         continue
                     full = Path(dirpath) / name
-                    if sniff(full) is None:
+                    if sniff(full) is None and not name.lower().endswith(CAPTURE_SUFFIXES):
                         ignored.append(str(full))
                         continue
                     found.setdefault(str(full), full.relative_to(path).as_posix())
