@@ -583,3 +583,271 @@ void nm_debias(uint8_t *bytes, int64_t n, int32_t n_packets, int32_t hb, int32_t
         }
     }
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* flow table: the per-packet part of netmamba/flows.py's FlowMeter (the Python meter there is
+ * the reference; tests check both give identical flows). Per packet: find the flow of its key
+ * (hash table), end it first if idle or too long, else move it to the most recent end of the
+ * LRU list; create a flow when needed (and evict the least recent one above max_flows); count
+ * packets and bytes. Flows idle for longer than the timeout are ended as the clock (the latest
+ * packet time) passes them. Python is told which packets start a flow, each packet's position
+ * in its flow, and the flows that ended (events, with their counters), in order. */
+
+#include <stdlib.h>
+
+enum { EV_IDLE = 0, EV_ACTIVE = 1, EV_EVICTED = 2, EV_END = 3 };
+
+typedef struct {
+    int32_t key_off, key_len;
+    int64_t idle, active, max_flows;
+    int64_t clock, next_sweep;
+    /* slots */
+    int64_t cap, n_slots, open;
+    uint8_t *keys;
+    int64_t *first, *last, *packets, *bytes;
+    int32_t *prev, *next, *bucket_of;
+    int32_t head, tail;
+    int32_t *free_list;
+    int64_t n_free;
+    /* hash buckets: slot id, -1 empty, -2 deleted */
+    int32_t *buckets;
+    int64_t n_buckets, used, deleted;
+} nm_meter;
+
+typedef struct {
+    int64_t *pos;     /* packet index before which the event happened (n: after the batch) */
+    int32_t *slot;
+    uint8_t *reason;
+    int64_t *first, *last, *packets, *bytes;
+    int64_t n, cap;
+} ev_out;
+
+static uint64_t key_hash(const uint8_t *k, int32_t len) {
+    uint64_t h = 1469598103934665603ULL;
+    for (int32_t i = 0; i < len; i++) { h ^= k[i]; h *= 1099511628211ULL; }
+    return h ^ (h >> 29);
+}
+
+void nm_meter_free(nm_meter *m) {
+    if (!m) return;
+    free(m->keys); free(m->first); free(m->last); free(m->packets); free(m->bytes);
+    free(m->prev); free(m->next); free(m->bucket_of); free(m->free_list); free(m->buckets);
+    free(m);
+}
+
+static int grow(void **field, int64_t cap, size_t item) {
+    void *p = realloc(*field, (size_t)cap * item);
+    if (!p) return 0;
+    *field = p;
+    return 1;
+}
+
+static int grow_slots(nm_meter *m) {
+    int64_t cap = m->cap ? m->cap * 2 : 1024;
+    if (!grow((void **)&m->keys, cap, 40) || !grow((void **)&m->first, cap, 8) ||
+        !grow((void **)&m->last, cap, 8) || !grow((void **)&m->packets, cap, 8) ||
+        !grow((void **)&m->bytes, cap, 8) || !grow((void **)&m->prev, cap, 4) ||
+        !grow((void **)&m->next, cap, 4) || !grow((void **)&m->bucket_of, cap, 4) ||
+        !grow((void **)&m->free_list, cap, 4))
+        return 0;
+    m->cap = cap;
+    return 1;
+}
+
+static int rehash(nm_meter *m, int64_t n_buckets) {
+    int32_t *b = malloc((size_t)n_buckets * sizeof(int32_t));
+    if (!b) return 0;
+    for (int64_t i = 0; i < n_buckets; i++) b[i] = -1;
+    for (int32_t s = m->head; s >= 0; s = m->next[s]) {
+        uint64_t i = key_hash(m->keys + (int64_t)s * 40, m->key_len) & (uint64_t)(n_buckets - 1);
+        while (b[i] != -1) i = (i + 1) & (uint64_t)(n_buckets - 1);
+        b[i] = s;
+        m->bucket_of[s] = (int32_t)i;
+    }
+    free(m->buckets);
+    m->buckets = b;
+    m->n_buckets = n_buckets;
+    m->used = m->open;
+    m->deleted = 0;
+    return 1;
+}
+
+nm_meter *nm_meter_new(int32_t key_off, int64_t idle, int64_t active, int64_t max_flows) {
+    nm_meter *m = calloc(1, sizeof(nm_meter));
+    if (!m) return NULL;
+    m->key_off = key_off;
+    m->key_len = 40 - key_off;
+    m->idle = idle;
+    m->active = active;
+    m->max_flows = max_flows;
+    m->clock = -(1LL << 62);
+    m->next_sweep = m->clock;
+    m->head = m->tail = -1;
+    if (!grow_slots(m) || !rehash(m, 4096)) { nm_meter_free(m); return NULL; }
+    return m;
+}
+
+int64_t nm_meter_open(const nm_meter *m) { return m->open; }
+
+static void lru_unlink(nm_meter *m, int32_t s) {
+    if (m->prev[s] >= 0) m->next[m->prev[s]] = m->next[s]; else m->head = m->next[s];
+    if (m->next[s] >= 0) m->prev[m->next[s]] = m->prev[s]; else m->tail = m->prev[s];
+}
+
+static void lru_append(nm_meter *m, int32_t s) {
+    m->prev[s] = m->tail;
+    m->next[s] = -1;
+    if (m->tail >= 0) m->next[m->tail] = s; else m->head = s;
+    m->tail = s;
+}
+
+static int emit(ev_out *e, int64_t pos, nm_meter *m, int32_t s, int reason) {
+    if (e->n >= e->cap) return 0;
+    e->pos[e->n] = pos;
+    e->slot[e->n] = s;
+    e->reason[e->n] = (uint8_t)reason;
+    e->first[e->n] = m->first[s];
+    e->last[e->n] = m->last[s];
+    e->packets[e->n] = m->packets[s];
+    e->bytes[e->n] = m->bytes[s];
+    e->n++;
+    return 1;
+}
+
+/* remove slot s from the table and the LRU list, and put it on the free list */
+static void release(nm_meter *m, int32_t s) {
+    lru_unlink(m, s);
+    m->buckets[m->bucket_of[s]] = -2;
+    m->deleted++;
+    m->used--;
+    m->open--;
+    m->free_list[m->n_free++] = s;
+}
+
+static int sweep(nm_meter *m, ev_out *e, int64_t pos) {
+    while (m->head >= 0) {
+        int32_t s = m->head;
+        if (m->clock - m->last[s] > m->idle) {
+            if (!emit(e, pos, m, s, EV_IDLE)) return 0;
+            release(m, s);
+        } else {
+            m->next_sweep = m->last[s] + m->idle + 1;
+            return 1;
+        }
+    }
+    m->next_sweep = m->clock + m->idle + 1;
+    return 1;
+}
+
+/* Feed n usable packets. Per packet: slot_out (its flow), count_out (packets of the flow so
+ * far, this one included), new_out (1 when this packet starts a flow). Events go to the ev_*
+ * arrays (capacity ev_cap >= open flows + 2 n guarantees room). Returns the number of events,
+ * or -1 when out of memory / event room (the meter is then unusable). */
+int64_t nm_meter_add(nm_meter *m, const nm_packet *pkts, int64_t n, int32_t *slot_out,
+                     int64_t *count_out, uint8_t *new_out, int64_t *ev_pos, int32_t *ev_slot,
+                     uint8_t *ev_reason, int64_t *ev_first, int64_t *ev_last,
+                     int64_t *ev_packets, int64_t *ev_bytes, int64_t ev_cap) {
+    ev_out e = {ev_pos, ev_slot, ev_reason, ev_first, ev_last, ev_packets, ev_bytes, 0, ev_cap};
+    int64_t mask;
+    for (int64_t i = 0; i < n; i++) {
+        const nm_packet *p = pkts + i;
+        int64_t t = p->ts_ns;
+        if (t > m->clock) {
+            m->clock = t;
+            if (m->clock >= m->next_sweep && !sweep(m, &e, i)) return -1;
+        }
+        const uint8_t *key = p->key + m->key_off;
+        uint64_t h = key_hash(key, m->key_len);
+        mask = m->n_buckets - 1;
+        uint64_t b = h & (uint64_t)mask;
+        int64_t free_bucket = -1;
+        int32_t s = -1;
+        for (;;) {
+            int32_t v = m->buckets[b];
+            if (v == -1) break;
+            if (v == -2) {
+                if (free_bucket < 0) free_bucket = (int64_t)b;
+            } else if (memcmp(m->keys + (int64_t)v * 40, key, (size_t)m->key_len) == 0) {
+                s = v;
+                break;
+            }
+            b = (b + 1) & (uint64_t)mask;
+        }
+        if (s >= 0 && t - m->last[s] <= m->idle && t - m->first[s] <= m->active) {
+            lru_unlink(m, s);
+            lru_append(m, s);
+            new_out[i] = 0;
+        } else {
+            if (s >= 0) {
+                if (!emit(&e, i, m, s, t - m->last[s] > m->idle ? EV_IDLE : EV_ACTIVE)) return -1;
+                release(m, s);
+                free_bucket = m->bucket_of[s];  /* the bucket just freed */
+            }
+            if (m->n_free == 0 && m->n_slots == m->cap && !grow_slots(m)) return -1;
+            if ((m->used + m->deleted + 1) * 10 > m->n_buckets * 7) {
+                int64_t size = m->n_buckets;
+                while ((m->open + 1) * 10 > size * 4) size *= 2;
+                if (!rehash(m, size)) return -1;
+                mask = m->n_buckets - 1;
+                b = h & (uint64_t)mask;
+                while (m->buckets[b] != -1) b = (b + 1) & (uint64_t)mask;
+                free_bucket = (int64_t)b;
+            } else if (free_bucket < 0) {
+                free_bucket = (int64_t)b;  /* the empty bucket that ended the probe */
+            } else {
+                m->deleted--;  /* a deleted bucket is reused */
+            }
+            s = m->n_free ? m->free_list[--m->n_free] : (int32_t)m->n_slots++;
+            memcpy(m->keys + (int64_t)s * 40, key, (size_t)m->key_len);
+            m->buckets[free_bucket] = s;
+            m->bucket_of[s] = (int32_t)free_bucket;
+            m->used++;
+            m->open++;
+            m->first[s] = m->last[s] = t;
+            m->packets[s] = m->bytes[s] = 0;
+            lru_append(m, s);
+            new_out[i] = 1;
+            if (m->open > m->max_flows) {
+                int32_t old = m->head;
+                if (!emit(&e, i, m, old, EV_EVICTED)) return -1;
+                release(m, old);
+            }
+        }
+        m->packets[s] += 1;
+        m->bytes[s] += p->ip_len;
+        if (t > m->last[s]) m->last[s] = t;
+        slot_out[i] = s;
+        count_out[i] = m->packets[s];
+    }
+    return e.n;
+}
+
+/* Move the clock without packets (events at position 0), or with end = 1 end every flow
+ * (least recent first). Same event arrays as nm_meter_add. */
+int64_t nm_meter_advance(nm_meter *m, int64_t now, int32_t end, int64_t *ev_pos,
+                         int32_t *ev_slot, uint8_t *ev_reason, int64_t *ev_first,
+                         int64_t *ev_last, int64_t *ev_packets, int64_t *ev_bytes,
+                         int64_t ev_cap) {
+    ev_out e = {ev_pos, ev_slot, ev_reason, ev_first, ev_last, ev_packets, ev_bytes, 0, ev_cap};
+    if (end) {
+        while (m->head >= 0) {
+            int32_t s = m->head;
+            if (!emit(&e, 0, m, s, EV_END)) return -1;
+            release(m, s);
+        }
+        return e.n;
+    }
+    if (now > m->clock) {
+        m->clock = now;
+        if (m->clock >= m->next_sweep && !sweep(m, &e, 0)) return -1;
+    }
+    return e.n;
+}
+
+/* Counters of an open flow: first, last, packets, bytes. */
+void nm_meter_counters(const nm_meter *m, int32_t s, int64_t *out) {
+    out[0] = m->first[s];
+    out[1] = m->last[s];
+    out[2] = m->packets[s];
+    out[3] = m->bytes[s];
+}

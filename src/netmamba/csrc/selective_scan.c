@@ -40,7 +40,7 @@
 #define KERNELS_ABI_VERSION 2
 #define BLOCK_VECS_FWD 4  /* scan forward: 4 vectors = 32 float channels per job */
 #define BLOCK_VECS_BWD 2  /* scan backward: 16 float channels, so L x N x 16 states stay in L2 */
-#define CONV_BLOCK_VECS 8 /* conv: 64 float channels per job */
+#define CONV_CHUNK 64      /* conv: positions per job (all channels) */
 #define MAX_THREADS 256
 
 /* Selective scan arguments; pointers are float* or double*.
@@ -177,7 +177,8 @@ typedef struct {
     const void *args;
     int is_double, backward, avx2;
     int64_t job_begin, job_end;
-    void *acc[5]; /* this thread's gradient accumulators (the outputs for thread 0) */
+    int64_t splits; /* scan forward: channel ranges per row */
+    void *acc[5];   /* this thread's gradient accumulators (the outputs for thread 0) */
     int status;
 } task;
 
@@ -190,17 +191,17 @@ static void *task_run(void *p) {
     if (t->kind == 0) {
         const scan_args *a = t->args;
         if (t->is_double)
-            t->status = scan_jobs_f64(a, t->job_begin, t->job_end, t->backward, t->acc[0],
+            t->status = scan_jobs_f64(a, t->job_begin, t->job_end, t->backward, t->splits, t->acc[0],
                                       t->acc[1], t->acc[2], t->acc[3], t->acc[4]);
 #ifdef HAVE_X86
         else if (t->avx2)
-            t->status = scan_jobs_f32_avx2(a, t->job_begin, t->job_end, t->backward, t->acc[0],
+            t->status = scan_jobs_f32_avx2(a, t->job_begin, t->job_end, t->backward, t->splits, t->acc[0],
                                            t->acc[1], t->acc[2], t->acc[3], t->acc[4]);
 #endif
         else
             t->status = scan_jobs_f32_generic(a, t->job_begin, t->job_end, t->backward,
-                                              t->acc[0], t->acc[1], t->acc[2], t->acc[3],
-                                              t->acc[4]);
+                                              t->splits, t->acc[0], t->acc[1], t->acc[2],
+                                              t->acc[3], t->acc[4]);
     } else {
         const conv_args *a = t->args;
         if (t->is_double)
@@ -225,7 +226,8 @@ static void *task_run(void *p) {
  * sizes[i] elements) are accumulated gradients: zeroed, thread 0 adds into them, the others into
  * private zeroed copies summed at the end. */
 static int run_parallel(int kind, const void *args, int is_double, int backward, int64_t jobs,
-                        int nthreads, int n_acc, void *outputs[], const size_t sizes[]) {
+                        int64_t splits, int nthreads, int n_acc, void *outputs[],
+                        const size_t sizes[]) {
     if (jobs <= 0) return 0;
     if (nthreads < 1) nthreads = 1;
     if (nthreads > jobs) nthreads = (int)jobs;
@@ -245,6 +247,7 @@ static int run_parallel(int kind, const void *args, int is_double, int backward,
         t->is_double = is_double;
         t->backward = backward;
         t->avx2 = avx2;
+        t->splits = splits;
         t->job_begin = jobs * i / nthreads;
         t->job_end = jobs * (i + 1) / nthreads;
         for (int k = 0; k < n_acc; ++k) {
@@ -287,9 +290,14 @@ static int64_t channel_jobs(int64_t batch, int64_t channels, int64_t width) {
 }
 
 int nm_selective_scan_fwd(const scan_args *a, int is_double, int nthreads) {
-    if (a->length <= 0 || a->states <= 0) return 0;
-    const int64_t jobs = channel_jobs(a->batch, a->channels, (is_double ? 4 : 8) * BLOCK_VECS_FWD);
-    return run_parallel(0, a, is_double, 0, jobs, nthreads, 0, NULL, NULL);
+    if (a->length <= 0 || a->states <= 0 || a->batch <= 0) return 0;
+    /* jobs: (row, range of channel blocks); split rows only when there are too few of them */
+    const int64_t width = (is_double ? 4 : 8) * BLOCK_VECS_FWD;
+    const int64_t blocks = (a->channels + width - 1) / width;
+    const int64_t threads = nthreads < 1 ? 1 : nthreads;
+    int64_t splits = (2 * threads + a->batch - 1) / a->batch;
+    splits = splits < 1 ? 1 : (splits > blocks ? blocks : splits);
+    return run_parallel(0, a, is_double, 0, a->batch * splits, splits, nthreads, 0, NULL, NULL);
 }
 
 int nm_selective_scan_bwd(const scan_args *a, int is_double, int nthreads) {
@@ -309,7 +317,7 @@ int nm_selective_scan_bwd(const scan_args *a, int is_double, int nthreads) {
     if (a->length > 0 && a->states > 0) {
         const int64_t jobs =
             channel_jobs(a->batch, a->channels, (is_double ? 4 : 8) * BLOCK_VECS_BWD);
-        status = run_parallel(0, a, is_double, 1, jobs, nthreads, 5, outputs, sizes);
+        status = run_parallel(0, a, is_double, 1, jobs, 1, nthreads, 5, outputs, sizes);
     } else {
         for (int k = 0; k < 5; ++k) memset(outputs[k], 0, sizes[k] * elem);
     }
@@ -319,11 +327,14 @@ int nm_selective_scan_bwd(const scan_args *a, int is_double, int nthreads) {
 }
 
 /* The conv's kernel width must be in [1, 64]: -2 otherwise. */
+static int64_t conv_jobs_of(const conv_args *a) {
+    return a->batch * ((a->length + CONV_CHUNK - 1) / CONV_CHUNK);
+}
+
 int nm_causal_conv1d_fwd(const conv_args *a, int is_double, int nthreads) {
     if (a->width < 1 || a->width > 64) return -2;
     if (a->length <= 0) return 0;
-    const int64_t jobs = channel_jobs(a->batch, a->channels, (is_double ? 4 : 8) * CONV_BLOCK_VECS);
-    return run_parallel(1, a, is_double, 0, jobs, nthreads, 0, NULL, NULL);
+    return run_parallel(1, a, is_double, 0, conv_jobs_of(a), 1, nthreads, 0, NULL, NULL);
 }
 
 int nm_causal_conv1d_bwd(const conv_args *a, int is_double, int nthreads) {
@@ -336,9 +347,7 @@ int nm_causal_conv1d_bwd(const conv_args *a, int is_double, int nthreads) {
     const size_t sizes[2] = {(size_t)a->width * E, E};
     int status = 0;
     if (a->length > 0) {
-        const int64_t jobs =
-            channel_jobs(a->batch, a->channels, (is_double ? 4 : 8) * CONV_BLOCK_VECS);
-        status = run_parallel(1, a, is_double, 1, jobs, nthreads, 2, outputs, sizes);
+        status = run_parallel(1, a, is_double, 1, conv_jobs_of(a), 1, nthreads, 2, outputs, sizes);
     } else {
         for (int k = 0; k < 2; ++k) memset(outputs[k], 0, sizes[k] * elem);
     }

@@ -10,7 +10,7 @@
  *               0 for the inline polynomials
  *   TARGET      the function attribute selecting the instruction set (may be empty)
  *   NAME(x)     x with the variant's suffix appended
- * and BLOCK_VECS_FWD / BLOCK_VECS_BWD / CONV_BLOCK_VECS, the vectors of channels per job.
+ * and BLOCK_VECS_FWD / BLOCK_VECS_BWD (vectors of channels per scan block) and CONV_CHUNK.
  *
  * Work is cut into jobs: one job is (batch row b, block of channels). Inputs are (B, L, E) with
  * the channel axis contiguous, so every operation is a vertical vector operation over channels
@@ -152,6 +152,32 @@ static void NAME(workspace_free)(NAME(workspace) * ws) {
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); ++i) free(all[i]);
 }
 
+typedef struct {
+    REAL *h, *A2;                                   /* [blocks][N][W] */
+    REAL *D, *bias;                                 /* [blocks][W] */
+    REAL *row_u, *row_delta, *row_z, *row_out;      /* [W]: the tail block's part of a row */
+} NAME(fwd_workspace);
+
+static int NAME(fwd_workspace_alloc)(NAME(fwd_workspace) * ws, int64_t blocks, int64_t N,
+                                     int64_t W) {
+    memset(ws, 0, sizeof(*ws));
+    if (!(ws->h = scan_alloc((size_t)blocks * N * W * sizeof(REAL))) ||
+        !(ws->A2 = scan_alloc((size_t)blocks * N * W * sizeof(REAL))) ||
+        !(ws->D = scan_alloc((size_t)blocks * W * sizeof(REAL))) ||
+        !(ws->bias = scan_alloc((size_t)blocks * W * sizeof(REAL))))
+        return -1;
+    REAL **rows[] = {&ws->row_u, &ws->row_delta, &ws->row_z, &ws->row_out};
+    for (int i = 0; i < 4; ++i)
+        if (!(*rows[i] = scan_alloc((size_t)W * sizeof(REAL)))) return -1;
+    return 0;
+}
+
+static void NAME(fwd_workspace_free)(NAME(fwd_workspace) * ws) {
+    REAL *all[] = {ws->h, ws->A2, ws->D, ws->bias, ws->row_u, ws->row_delta, ws->row_z,
+                   ws->row_out};
+    for (int i = 0; i < 8; ++i) free(all[i]);
+}
+
 /* B or C of batch row b as [L][N] contiguous. */
 static TARGET void NAME(gather_states)(REAL *restrict dst, const REAL *src, int64_t stride_l,
                                        int64_t L, int64_t N) {
@@ -191,80 +217,88 @@ static inline ALWAYS_INLINE TARGET VEC NAME(effective_delta)(const scan_args *a,
     return x * SPLAT(m);
 }
 
-/* Forward of one job: y_t = sum_n C_t[n] h_t[n] + D u_t, out = y * silu(z).
- * h_t[n] = exp(delta_t A[n]) h_{t-1}[n] + delta_t B_t[n] u_t.
- * A full block reads u, delta, z and writes out in place (unaligned vectors, rows prefetched
- * ahead); the tail block goes through zero-padded copies. A masked position (delta = 0) leaves
- * h unchanged, so it skips the exponentials. */
-static TARGET void NAME(scan_forward_job)(NAME(workspace) * ws, const scan_args *a, int64_t b,
-                                          int64_t e0, int64_t width) {
-    enum { K = BLOCK_VECS_FWD, W = K * VL, AHEAD = 8 };
-    const int64_t L = a->length, N = a->states, E = a->channels;
-    const int has_z = a->z != NULL, full = width == W;
-    const REAL *u, *delta, *z;
-    REAL *out;
-    int64_t su, sd, sz, so;
-    if (full) {
-        u = (const REAL *)a->u + b * a->u_sb + e0, su = a->u_sl;
-        delta = (const REAL *)a->delta + b * a->delta_sb + e0, sd = a->delta_sl;
-        z = has_z ? (const REAL *)a->z + b * a->z_sb + e0 : NULL, sz = a->z_sl;
-        out = (REAL *)a->out + b * L * E + e0, so = E;
-    } else {
-        NAME(gather)(ws->u, (const REAL *)a->u + b * a->u_sb + e0, a->u_sl, L, width, W);
-        NAME(gather)(ws->delta, (const REAL *)a->delta + b * a->delta_sb + e0, a->delta_sl, L,
-                     width, W);
-        if (has_z) NAME(gather)(ws->z, (const REAL *)a->z + b * a->z_sb + e0, a->z_sl, L, width, W);
-        u = ws->u, delta = ws->delta, z = ws->z, out = ws->out;
-        su = sd = sz = so = W;
+/* Forward of one job, (row b, channel blocks [blk0, blk1)):
+ *   h_t[n] = exp(delta_t A[n]) h_{t-1}[n] + delta_t B_t[n] u_t,  y = sum_n C_t[n] h_t[n] + D u_t,
+ *   out = y * silu(z).
+ * Positions outer, channel blocks inner: each step reads one contiguous stretch of the rows of
+ * u, delta and z (which the hardware prefetcher follows; a block's column, rows 2-4 KB apart,
+ * it does not), while the states of every block stay in L1/L2. A masked position (delta = 0)
+ * leaves h unchanged, so it skips the exponentials. */
+static TARGET void NAME(scan_forward_job)(NAME(fwd_workspace) * ws, const scan_args *a, int64_t b,
+                                          int64_t blk0, int64_t blk1) {
+    enum { K = BLOCK_VECS_FWD, W = K * VL };
+    const int64_t L = a->length, N = a->states, E = a->channels, nblk = blk1 - blk0;
+    const int has_z = a->z != NULL;
+    const REAL *u = (const REAL *)a->u + b * a->u_sb, *delta = (const REAL *)a->delta + b * a->delta_sb;
+    const REAL *z = has_z ? (const REAL *)a->z + b * a->z_sb : NULL;
+    const REAL *Bm = (const REAL *)a->Bm + b * a->B_sb, *Cm = (const REAL *)a->Cm + b * a->C_sb;
+    REAL *out = (REAL *)a->out + b * L * E;
+    const REAL *A = a->A, *D = a->D, *bias_in = a->delta_bias;
+    for (int64_t i = 0; i < nblk * W; ++i) { /* the job's A log2 e, D, bias; zero-padded lanes */
+        const int64_t e = blk0 * W + i;
+        for (int64_t n = 0; n < N; ++n)
+            ws->A2[((i / W) * N + n) * W + i % W] = e < E ? A[e * N + n] * (REAL)LOG2E : 0;
+        ws->D[i] = (D && e < E) ? D[e] : 0;
+        ws->bias[i] = (bias_in && e < E) ? bias_in[e] : 0;
     }
-    NAME(load_block)(ws, a, b, e0, width, W);
-    VEC *restrict h = (VEC *)ws->h;
-    const VEC *A2 = (const VEC *)ws->A2, *Dv = (const VEC *)ws->D, *bias = (const VEC *)ws->bias;
-    for (int64_t i = 0; i < N * K; ++i) h[i] = SPLAT(0);
+    memset(ws->h, 0, (size_t)nblk * N * W * sizeof(REAL));
     for (int64_t l = 0; l < L; ++l) {
-        if (l + AHEAD < L)
-            for (int64_t i = 0; i < W; i += 64 / (int64_t)sizeof(REAL)) {
-                __builtin_prefetch(u + (l + AHEAD) * su + i);
-                __builtin_prefetch(delta + (l + AHEAD) * sd + i);
-                if (has_z) __builtin_prefetch(z + (l + AHEAD) * sz + i);
-            }
         const REAL m = NAME(mask_at)(a->mask, a->mask_sb, a->mask_sl, b, l);
-        VEC uu[K], y[K];
-        for (int k = 0; k < K; ++k) {
-            uu[k] = LOADU(u + l * su + k * VL);
-            y[k] = Dv[k] * uu[k];
-        }
-        const REAL *Bl = ws->Bl + l * N, *Cl = ws->Cl + l * N;
-        if (m != 0) {
-            VEC dd[K], du[K];
-            for (int k = 0; k < K; ++k) {
-                dd[k] = NAME(effective_delta)(a, LOADU(delta + l * sd + k * VL), bias[k], m, NULL);
-                du[k] = dd[k] * uu[k];
+        const REAL *Bl = Bm + l * a->B_sl, *Cl = Cm + l * a->C_sl;
+        for (int64_t blk = 0; blk < nblk; ++blk) {
+            const int64_t e0 = (blk0 + blk) * W, width = E - e0 < W ? E - e0 : W;
+            const REAL *ur = u + l * a->u_sl + e0, *dr = delta + l * a->delta_sl + e0;
+            const REAL *zr = has_z ? z + l * a->z_sl + e0 : NULL;
+            REAL *outr = out + l * E + e0;
+            if (width < W) { /* the tail block: zero-padded copies of its part of the row */
+                for (int64_t i = 0; i < W; ++i) {
+                    ws->row_u[i] = i < width ? ur[i] : 0;
+                    ws->row_delta[i] = i < width ? dr[i] : 0;
+                    ws->row_z[i] = (has_z && i < width) ? zr[i] : 0;
+                }
+                ur = ws->row_u, dr = ws->row_delta, zr = has_z ? ws->row_z : NULL;
+                outr = ws->row_out;
             }
-            for (int64_t n = 0; n < N; ++n) {
-                const VEC bn = SPLAT(Bl[n]), cn = SPLAT(Cl[n]);
+            VEC *restrict h = (VEC *)ws->h + blk * N * K;
+            const VEC *A2 = (const VEC *)ws->A2 + blk * N * K;
+            const VEC *Dv = (const VEC *)ws->D + blk * K, *bias = (const VEC *)ws->bias + blk * K;
+            VEC uu[K], y[K];
+            for (int k = 0; k < K; ++k) {
+                uu[k] = LOADU(ur + k * VL);
+                y[k] = Dv[k] * uu[k];
+            }
+            if (m != 0) {
+                VEC dd[K], du[K];
                 for (int k = 0; k < K; ++k) {
-                    const VEC decay = VEXP2(dd[k] * A2[n * K + k]);
-                    const VEC hn = decay * h[n * K + k] + du[k] * bn;
-                    h[n * K + k] = hn;
-                    y[k] += hn * cn;
+                    dd[k] = NAME(effective_delta)(a, LOADU(dr + k * VL), bias[k], m, NULL);
+                    du[k] = dd[k] * uu[k];
+                }
+                for (int64_t n = 0; n < N; ++n) {
+                    const VEC bn = SPLAT(Bl[n]), cn = SPLAT(Cl[n]);
+                    for (int k = 0; k < K; ++k) {
+                        const VEC decay = VEXP2(dd[k] * A2[n * K + k]);
+                        const VEC hn = decay * h[n * K + k] + du[k] * bn;
+                        h[n * K + k] = hn;
+                        y[k] += hn * cn;
+                    }
+                }
+            } else {
+                for (int64_t n = 0; n < N; ++n) {
+                    const VEC cn = SPLAT(Cl[n]);
+                    for (int k = 0; k < K; ++k) y[k] += h[n * K + k] * cn;
                 }
             }
-        } else {
-            for (int64_t n = 0; n < N; ++n) {
-                const VEC cn = SPLAT(Cl[n]);
-                for (int k = 0; k < K; ++k) y[k] += h[n * K + k] * cn;
+            for (int k = 0; k < K; ++k) {
+                if (has_z) {
+                    const VEC zz = LOADU(zr + k * VL);
+                    y[k] *= zz * NAME(sigmoid)(zz);
+                }
+                STOREU(outr + k * VL, y[k]);
             }
-        }
-        for (int k = 0; k < K; ++k) {
-            if (has_z) {
-                const VEC zz = LOADU(z + l * sz + k * VL);
-                y[k] *= zz * NAME(sigmoid)(zz);
-            }
-            STOREU(out + l * so + k * VL, y[k]);
+            if (width < W)
+                for (int64_t i = 0; i < width; ++i) out[l * E + e0 + i] = ws->row_out[i];
         }
     }
-    if (!full) NAME(scatter)((REAL *)a->out + b * L * E + e0, ws->out, E, L, width, W);
 }
 
 /* Backward of one job. Pass 1 recomputes the states h_t (kept in ws->h, L x N x W) and the
@@ -386,26 +420,37 @@ static TARGET void NAME(scan_backward_job)(NAME(workspace) * ws, const scan_args
     if (has_z && a->dz) NAME(scatter)((REAL *)a->dz + b * L * E + e0, ws->out, E, L, width, W);
 }
 
-/* One thread's share [job_begin, job_end) of the scan; backward accumulators are this
+/* One thread's share [job_begin, job_end) of the scan. Forward jobs are (row, one of `splits`
+ * ranges of channel blocks); backward jobs are (row, one block). Backward accumulators are this
  * thread's (dA (E, N), dD (E), d bias (E), dB and dC (B, L, N)). */
 static TARGET int NAME(scan_jobs)(const scan_args *a, int64_t job_begin, int64_t job_end,
-                                  int backward, REAL *dA, REAL *dD, REAL *dbias, REAL *dB,
-                                  REAL *dC) {
-    const int64_t K = backward ? BLOCK_VECS_BWD : BLOCK_VECS_FWD, W = K * VL;
+                                  int backward, int64_t splits, REAL *dA, REAL *dD, REAL *dbias,
+                                  REAL *dB, REAL *dC) {
     const int64_t E = a->channels, N = a->states, L = a->length;
-    const int64_t blocks = (E + W - 1) / W;
+    if (!backward) {
+        const int64_t W = BLOCK_VECS_FWD * VL, blocks = (E + W - 1) / W;
+        NAME(fwd_workspace) ws;
+        if (NAME(fwd_workspace_alloc)(&ws, blocks, N, W) != 0) {
+            NAME(fwd_workspace_free)(&ws);
+            return -1;
+        }
+        for (int64_t job = job_begin; job < job_end; ++job) {
+            const int64_t b = job / splits, s = job % splits;
+            const int64_t blk0 = blocks * s / splits, blk1 = blocks * (s + 1) / splits;
+            if (blk1 > blk0) NAME(scan_forward_job)(&ws, a, b, blk0, blk1);
+        }
+        NAME(fwd_workspace_free)(&ws);
+        return 0;
+    }
+    const int64_t W = BLOCK_VECS_BWD * VL, blocks = (E + W - 1) / W;
     NAME(workspace) ws;
-    if (NAME(workspace_alloc)(&ws, L, N, W, backward) != 0) {
+    if (NAME(workspace_alloc)(&ws, L, N, W, 1) != 0) {
         NAME(workspace_free)(&ws);
         return -1;
     }
     for (int64_t job = job_begin; job < job_end; ++job) {
         const int64_t b = job / blocks, e0 = (job % blocks) * W;
         const int64_t width = E - e0 < W ? E - e0 : W;
-        if (!backward) {
-            NAME(scan_forward_job)(&ws, a, b, e0, width);
-            continue;
-        }
         memset(ws.dA, 0, (size_t)N * W * sizeof(REAL));
         memset(ws.dD, 0, (size_t)W * sizeof(REAL));
         memset(ws.dbias, 0, (size_t)W * sizeof(REAL));
@@ -424,8 +469,8 @@ static TARGET int NAME(scan_jobs)(const scan_args *a, int64_t job_begin, int64_t
 /* ==== causal depthwise conv1d ================================================================
  *   s_t[e] = bias[e] + sum_j w[j, e] x_{t - (K-1) + j}[e] m_{t - (K-1) + j},  out_t = silu(s_t)
  * (K = kernel width, w stored (K, E); x before the start and at masked positions counts as 0).
- * One job is (row b, block of CONV_BLOCK_VECS vectors of channels): whole vectors, then a scalar
- * tail. */
+ * One job is (row b, CONV_CHUNK positions), all channels (whole vectors, then a scalar tail), so
+ * it reads and writes contiguous rows. */
 
 #define CONV_MAX_WIDTH 64
 
@@ -464,119 +509,121 @@ static inline ALWAYS_INLINE REAL NAME(conv_pre_scalar)(const conv_args *a, const
 
 static inline REAL NAME(sigmoid_scalar)(REAL z) { return 1 / (1 + exp(-z)); }
 
-static TARGET void NAME(conv_forward_job)(const conv_args *a, int64_t b, int64_t e0,
-                                          int64_t width) {
-    const int64_t L = a->length, E = a->channels;
-    const REAL *x = (const REAL *)a->x + b * a->x_sb;
-    REAL *out = (REAL *)a->out + b * L * E;
-    const REAL *rows[CONV_MAX_WIDTH];
-    for (int64_t t = 0; t < L; ++t) {
-        NAME(conv_rows)(a, x, b, t, rows);
-        int64_t i = 0;
-        for (; i + VL <= width; i += VL) {
-            const VEC s = NAME(conv_pre)(a, rows, e0 + i);
-            STOREU(out + t * E + e0 + i, a->silu ? s * NAME(sigmoid)(s) : s);
-        }
-        for (; i < width; ++i) {
-            const REAL s = NAME(conv_pre_scalar)(a, rows, e0 + i);
-            out[t * E + e0 + i] = a->silu ? s * NAME(sigmoid_scalar)(s) : s;
-        }
+/* silu(s) (or s) for output row t, all channels; `pre` receives s when not NULL. */
+static inline ALWAYS_INLINE TARGET void NAME(conv_row)(const conv_args *a, const REAL **rows,
+                                                       REAL *out, REAL *pre) {
+    const int64_t E = a->channels;
+    int64_t e = 0;
+    for (; e + VL <= E; e += VL) {
+        const VEC s = NAME(conv_pre)(a, rows, e);
+        if (pre) STOREU(pre + e, s);
+        if (out) STOREU(out + e, a->silu ? s * NAME(sigmoid)(s) : s);
+    }
+    for (; e < E; ++e) {
+        const REAL s = NAME(conv_pre_scalar)(a, rows, e);
+        if (pre) pre[e] = s;
+        if (out) out[e] = a->silu ? s * NAME(sigmoid_scalar)(s) : s;
     }
 }
 
-/* ds_t = dout_t silu'(s_t) (kept in `ds`, [L][W]); d bias[e] += sum_t ds_t;
- * dw[j, e] += sum_t ds_t x_{t-(K-1)+j} m; dx_t = m_t sum_j w[j, e] ds_{t+(K-1)-j}.
- * `dwl` ([K][W]) and `dbl` ([W]) are this job's accumulators, added to dw / dbias at the end. */
-static TARGET void NAME(conv_backward_job)(const conv_args *a, int64_t b, int64_t e0,
-                                           int64_t width, REAL *ds, REAL *dwl, REAL *dbl,
-                                           REAL *dw, REAL *dbias) {
-    const int64_t L = a->length, E = a->channels, Kw = a->width, W = CONV_BLOCK_VECS * VL;
+/* Output rows [t0, t1) of row b, every channel: rows are contiguous in memory. */
+static TARGET void NAME(conv_forward_job)(const conv_args *a, int64_t b, int64_t t0, int64_t t1) {
+    const int64_t E = a->channels;
+    const REAL *x = (const REAL *)a->x + b * a->x_sb;
+    REAL *out = (REAL *)a->out + b * a->length * E;
+    const REAL *rows[CONV_MAX_WIDTH];
+    for (int64_t t = t0; t < t1; ++t) {
+        NAME(conv_rows)(a, x, b, t, rows);
+        NAME(conv_row)(a, rows, out + t * E, NULL);
+    }
+}
+
+/* Rows [t0, t1) of row b: ds_t = dout_t silu'(s_t) for t in [t0, t1 + K - 1) (kept in `ds`);
+ * d bias[e] += sum_t ds_t; dw[j, e] += sum_t ds_t x_{t-(K-1)+j} m;
+ * dx_t = m_t sum_j w[j, e] ds_{t+(K-1)-j}. dw and dbias are this thread's accumulators. */
+static TARGET void NAME(conv_backward_job)(const conv_args *a, int64_t b, int64_t t0, int64_t t1,
+                                           REAL *ds, REAL *dw, REAL *dbias) {
+    const int64_t L = a->length, E = a->channels, Kw = a->width;
     const REAL *x = (const REAL *)a->x + b * a->x_sb, *w = a->weight;
     const REAL *dout = (const REAL *)a->dout + b * L * E;
     REAL *dx = (REAL *)a->dx + b * L * E;
-    memset(dwl, 0, (size_t)Kw * W * sizeof(REAL));
-    memset(dbl, 0, (size_t)W * sizeof(REAL));
+    const int64_t t_end = t1 + Kw - 1 < L ? t1 + Kw - 1 : L;
     const REAL *rows[CONV_MAX_WIDTH];
-    for (int64_t t = 0; t < L; ++t) {
+    for (int64_t t = t0; t < t_end; ++t) {
+        REAL *d = ds + (t - t0) * E;
         NAME(conv_rows)(a, x, b, t, rows);
-        int64_t i = 0;
-        for (; i + VL <= width; i += VL) {
-            const int64_t e = e0 + i;
-            const VEC s = NAME(conv_pre)(a, rows, e);
-            VEC d = LOADU(dout + t * E + e);
+        NAME(conv_row)(a, rows, NULL, d); /* d = s for now */
+        const REAL *g = dout + t * E;
+        const int own = t < t1; /* rows past t1 only feed dx of this job's rows */
+        int64_t e = 0;
+        for (; e + VL <= E; e += VL) {
+            const VEC s = LOADU(d + e);
+            VEC v = LOADU(g + e);
             if (a->silu) {
                 const VEC sg = NAME(sigmoid)(s);
-                d *= sg * (SPLAT(1) + s * (SPLAT(1) - sg));
+                v *= sg * (SPLAT(1) + s * (SPLAT(1) - sg));
             }
-            STOREU(ds + t * W + i, d);
-            STOREU(dbl + i, LOADU(dbl + i) + d);
+            STOREU(d + e, v);
+            if (!own) continue;
+            STOREU(dbias + e, LOADU(dbias + e) + v);
             for (int64_t j = 0; j < Kw; ++j)
-                if (rows[j]) STOREU(dwl + j * W + i, LOADU(dwl + j * W + i) + d * LOADU(rows[j] + e));
+                if (rows[j]) STOREU(dw + j * E + e, LOADU(dw + j * E + e) + v * LOADU(rows[j] + e));
         }
-        for (; i < width; ++i) {
-            const int64_t e = e0 + i;
-            const REAL s = NAME(conv_pre_scalar)(a, rows, e);
-            REAL d = dout[t * E + e];
+        for (; e < E; ++e) {
+            const REAL s = d[e];
+            REAL v = g[e];
             if (a->silu) {
                 const REAL sg = NAME(sigmoid_scalar)(s);
-                d *= sg * (1 + s * (1 - sg));
+                v *= sg * (1 + s * (1 - sg));
             }
-            ds[t * W + i] = d;
-            dbl[i] += d;
+            d[e] = v;
+            if (!own) continue;
+            dbias[e] += v;
             for (int64_t j = 0; j < Kw; ++j)
-                if (rows[j]) dwl[j * W + i] += d * rows[j][e];
+                if (rows[j]) dw[j * E + e] += v * rows[j][e];
         }
     }
-    for (int64_t t = 0; t < L; ++t) {
+    for (int64_t t = t0; t < t1; ++t) {
+        REAL *out = dx + t * E;
         const REAL m = NAME(mask_at)(a->mask, a->mask_sb, a->mask_sl, b, t);
-        int64_t i = 0;
-        for (; i + VL <= width; i += VL) {
+        int64_t e = 0;
+        for (; e + VL <= E; e += VL) {
             VEC acc = SPLAT(0);
             if (m != 0)
                 for (int64_t j = 0; j < Kw; ++j) {
                     const int64_t dst = t + (Kw - 1) - j;
-                    if (dst < L) acc += LOADU(w + j * E + e0 + i) * LOADU(ds + dst * W + i);
+                    if (dst < t_end) acc += LOADU(w + j * E + e) * LOADU(ds + (dst - t0) * E + e);
                 }
-            STOREU(dx + t * E + e0 + i, acc);
+            STOREU(out + e, acc);
         }
-        for (; i < width; ++i) {
+        for (; e < E; ++e) {
             REAL acc = 0;
             if (m != 0)
                 for (int64_t j = 0; j < Kw; ++j) {
                     const int64_t dst = t + (Kw - 1) - j;
-                    if (dst < L) acc += w[j * E + e0 + i] * ds[dst * W + i];
+                    if (dst < t_end) acc += w[j * E + e] * ds[(dst - t0) * E + e];
                 }
-            dx[t * E + e0 + i] = acc;
+            out[e] = acc;
         }
-    }
-    for (int64_t i = 0; i < width; ++i) {
-        dbias[e0 + i] += dbl[i];
-        for (int64_t j = 0; j < Kw; ++j) dw[j * E + e0 + i] += dwl[j * W + i];
     }
 }
 
+/* Jobs are (row b, chunk of CONV_CHUNK positions), all channels. */
 static TARGET int NAME(conv_jobs)(const conv_args *a, int64_t job_begin, int64_t job_end,
                                   int backward, REAL *dw, REAL *dbias) {
-    const int64_t W = CONV_BLOCK_VECS * VL, E = a->channels;
-    const int64_t blocks = (E + W - 1) / W;
-    REAL *ds = NULL, *dwl = NULL, *dbl = NULL;
-    if (backward && (!(ds = scan_alloc((size_t)a->length * W * sizeof(REAL))) ||
-                     !(dwl = scan_alloc((size_t)a->width * W * sizeof(REAL))) ||
-                     !(dbl = scan_alloc((size_t)W * sizeof(REAL))))) {
-        free(ds);
-        free(dwl);
+    const int64_t L = a->length, chunks = (L + CONV_CHUNK - 1) / CONV_CHUNK;
+    REAL *ds = NULL;
+    if (backward &&
+        !(ds = scan_alloc((size_t)(CONV_CHUNK + a->width) * a->channels * sizeof(REAL))))
         return -1;
-    }
     for (int64_t job = job_begin; job < job_end; ++job) {
-        const int64_t b = job / blocks, e0 = (job % blocks) * W;
-        const int64_t width = E - e0 < W ? E - e0 : W;
+        const int64_t b = job / chunks, t0 = (job % chunks) * CONV_CHUNK;
+        const int64_t t1 = t0 + CONV_CHUNK < L ? t0 + CONV_CHUNK : L;
         if (backward)
-            NAME(conv_backward_job)(a, b, e0, width, ds, dwl, dbl, dw, dbias);
+            NAME(conv_backward_job)(a, b, t0, t1, ds, dw, dbias);
         else
-            NAME(conv_forward_job)(a, b, e0, width);
+            NAME(conv_forward_job)(a, b, t0, t1);
     }
     free(ds);
-    free(dwl);
-    free(dbl);
     return 0;
 }
