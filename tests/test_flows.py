@@ -3,10 +3,14 @@ fragments, and what a flow keeps."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pcapgen as pg
 from netmamba.capture import PacketBatch
+from netmamba.capture.batch import native
 from netmamba.config import ConfigError
 from netmamba.features import FeatureConfig
 from netmamba.flows import FlowConfig, FlowMeter
@@ -175,3 +179,113 @@ def test_flow_config_rejects_bad_values():
         FlowConfig(idle_timeout=0)
     with pytest.raises(ConfigError, match="max_flows"):
         FlowConfig(max_flows=0)
+
+
+def _flow_record(f):
+    return (
+        f.key,
+        f.rev,
+        f.first_ns,
+        f.last_ns,
+        f.packets,
+        f.bytes,
+        f.end_reason,
+        f.ts,
+        f.sizes,
+        f.headers,
+        f.payloads,
+        f.dirs,
+        f.src_mac,
+        f.dst_mac,
+        f.source,
+    )
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 5),  # endpoint pair
+            st.booleans(),  # direction
+            st.sampled_from([6, 17]),
+            st.integers(-2 * S, 4 * S),  # time step (negative: out of order)
+            st.integers(0, 60),  # payload length
+            st.integers(0, 3),  # batch break / advance
+        ),
+        max_size=80,
+    ),
+    st.sampled_from(["unidirectional", "bidirectional"]),
+    st.integers(1, 6),  # idle timeout (s)
+    st.integers(1, 12),  # max duration (s)
+    st.one_of(st.none(), st.integers(1, 4)),  # max flows
+    st.one_of(st.none(), st.integers(1, 6)),  # ready packets
+)
+def test_native_meter_gives_the_same_flows_as_the_python_meter(
+    steps, mode, idle, active, max_flows, ready
+):
+    if native() is None:
+        pytest.skip("native packet kernel not built")
+    config = FlowConfig(
+        mode=mode, idle_timeout=idle, max_duration=active, max_flows=max_flows, ready_packets=ready
+    )
+    features = FeatureConfig(n_packets=3, header_bytes=30, payload_bytes=10, seq_len=5)
+    meters = [FlowMeter(config, features, "f", native=flag) for flag in (True, False)]
+    t = T0
+    batches, current = [], []
+    for pair, forward, proto, step, size, brk in steps:
+        t += step
+        a, b = (f"10.0.0.{pair}", 1000 + pair), ("10.0.1.1", 80 + pair % 2)
+        seg = (pg.tcp if proto == 6 else pg.udp)(
+            *((a[1], b[1]) if forward else (b[1], a[1])), bytes(size)
+        )
+        ip = pg.ip(a[0], b[0], seg) if forward else pg.ip(b[0], a[0], seg)
+        current.append((t, pg.ethernet(ip), 1))
+        if brk == 0:
+            batches.append(current)
+            current = []
+        elif brk == 1:
+            batches.append(current)
+            batches.append(t + idle * S // 2)  # a quiet moment: the clock moves alone
+            current = []
+    batches.append(current)
+    results = []
+    for meter in meters:
+        out, ready = [], []
+        for item in batches:
+            if isinstance(item, int):
+                meter.advance(item)
+            else:
+                meter.add(PacketBatch.from_frames(item))
+            out += meter.pop_finished()
+            ready += [(f.key, f.first_ns) for f in meter.pop_ready()]
+        out += meter.flush()
+        results.append(([_flow_record(f) for f in out], ready, dict(meter.counts)))
+    assert results[0] == results[1]
+
+
+def test_native_meter_matches_python_with_many_flows_evictions_and_reuse():
+    """Thousands of flows: the native table grows, reuses slots and buckets."""
+    if native() is None:
+        pytest.skip("native packet kernel not built")
+    rng = np.random.default_rng(7)
+    frames = []
+    t = T0
+    for _ in range(12_000):
+        t += int(rng.integers(-S // 100, S // 20))
+        host = int(rng.integers(0, 3000))
+        ip = pg.ip(
+            f"10.{host // 250}.{host % 250}.1", "192.0.2.1", pg.udp(1000 + host % 7, 53, b"q")
+        )
+        frames.append((t, ip, 101))
+    config = FlowConfig(idle_timeout=2, max_duration=5, max_flows=75, ready_packets=3)
+    out = []
+    for flag in (True, False):
+        meter = FlowMeter(config, FeatureConfig(), native=flag)
+        flows = []
+        for k in range(0, len(frames), 997):
+            meter.add(PacketBatch.from_frames(frames[k : k + 997]))
+            flows += meter.pop_finished()
+        flows += meter.flush()
+        out.append(([_flow_record(f) for f in flows], dict(meter.counts)))
+    assert out[0] == out[1]
+    assert out[0][1]["evicted"] > 0 and out[0][1]["idle"] > 0 and out[0][1]["flows"] > 3000

@@ -124,35 +124,41 @@ def flow_arrays(
     )
     width = config.packet_bytes
     total = config.total_bytes
-    out = bytearray(n * total)
-    header_lens = np.zeros((n, m_b), np.uint16)
-    payload_lens = np.zeros((n, m_b), np.uint16)
-    dirs = np.zeros((n, m_b), np.int8)
-    hl_rows, pl_rows, dir_rows = [], [], []
+    zero_h, zero_p, zero_row = bytes(n_h), bytes(n_p), bytes(total)
+    pieces: list[bytes] = []  # the byte matrix, row after row, joined once
+    header_flat: list[int] = []
+    payload_flat: list[int] = []
+    dir_flat: list[int] = []
+    stored = np.zeros(n, np.int64)
     seq_lens = np.zeros(n, np.int64)
     flat_ts: list[int] = []
     flat_sizes: list[int] = []
+    add = pieces.append
     for i, flow in enumerate(flows):
-        base = i * total
-        hls, pls = [], []
-        for j, (h, p) in enumerate(zip(flow.headers[:m_b], flow.payloads[:m_b], strict=True)):
+        headers, payloads = flow.headers[:m_b], flow.payloads[:m_b]
+        for h, p in zip(headers, payloads, strict=True):
             h, p = h[:n_h], p[:n_p]
-            at = base + j * width
-            out[at : at + len(h)] = h
-            out[at + n_h : at + n_h + len(p)] = p
-            hls.append(len(h))
-            pls.append(len(p))
-        hl_rows.append(hls)
-        pl_rows.append(pls)
-        dir_rows.append(flow.dirs[:m_b])
+            add(h)
+            add(zero_h[len(h) :])
+            add(p)
+            add(zero_p[len(p) :])
+            header_flat.append(len(h))
+            payload_flat.append(len(p))
+        add(zero_row[len(headers) * width :])
+        stored[i] = len(headers)
+        dir_flat.extend(flow.dirs[:m_b])
         ts = flow.ts[:m_seq]
         seq_lens[i] = len(ts)
         flat_ts.extend(ts)
         flat_sizes.extend(flow.sizes[:m_seq])
-    for rows, target in ((hl_rows, header_lens), (pl_rows, payload_lens), (dir_rows, dirs)):
-        lens = np.fromiter((len(r) for r in rows), np.int64, n)
-        mask = np.arange(m_b) < lens[:, None]
-        target[mask] = [v for r in rows for v in r]
+    slots = np.arange(m_b) < stored[:, None]
+    header_lens = np.zeros((n, m_b), np.uint16)
+    header_lens[slots] = header_flat
+    payload_lens = np.zeros((n, m_b), np.uint16)
+    payload_lens[slots] = payload_flat
+    dirs = np.zeros((n, m_b), np.int8)
+    dirs[slots] = dir_flat
+    out = bytearray(b"".join(pieces))  # writable: de-biasing edits it in place
     byte_matrix = np.frombuffer(out, np.uint8).reshape(n, total)
     arrays = _sequence_arrays(seq_lens, flat_ts, flat_sizes, m_seq, config.mtu)
     arrays.update(bytes=byte_matrix, header_lens=header_lens, payload_lens=payload_lens)

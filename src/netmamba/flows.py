@@ -34,8 +34,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
+
 from netmamba.capture.batch import PacketBatch
-from netmamba.capture.parse import flow_key
+from netmamba.capture.parse import KEY_SIZE, flow_key
 from netmamba.config import Config, ConfigError
 from netmamba.features import FeatureConfig
 
@@ -173,13 +175,23 @@ class Flow:
 
 
 class FlowMeter:
-    """Assembles flows from packet batches; see the module docstring."""
+    """Assembles flows from packet batches; see the module docstring.
+
+    With the native kernel (csrc/packets.c, `nm_meter_*`) the per-packet work (flow lookup,
+    LRU order, timeouts, eviction, counters) runs in C and Python only sees the packets that
+    start a flow or are among its first max(M_b, M_seq), and the flows that end; without it,
+    the same in Python (`native=False` forces that reference path; both give identical flows).
+    The packet and byte counters of an open flow are brought up to date when it is reported
+    (ready or finished); `len(meter)` is the number of open flows.
+    """
 
     def __init__(
         self,
         config: FlowConfig | None = None,
         features: FeatureConfig | None = None,
         source: str | None = None,
+        *,
+        native: bool | None = None,
     ) -> None:
         self.config = config or FlowConfig()
         self.features = features or FeatureConfig()
@@ -194,32 +206,78 @@ class FlowMeter:
         self._idle_ns = int(self.config.idle_timeout * 1e9)
         self._active_ns = int(self.config.max_duration * 1e9)
         self._next_sweep = self.clock
+        self._lib = _native_lib() if native is not False else None
+        if native and self._lib is None:
+            raise RuntimeError("the native packet kernel is not available")
+        self._handle = None
+        self._slots: dict[int, Flow] = {}
+        if self._lib is not None:
+            self._handle = self._lib.nm_meter_new(
+                1 if self.bidirectional else 0,
+                self._idle_ns,
+                self._active_ns,
+                self.config.max_flows or (1 << 62),
+            )
+            if not self._handle:
+                raise MemoryError("cannot allocate the flow table")
+
+    def __del__(self) -> None:
+        if getattr(self, "_handle", None):
+            self._lib.nm_meter_free(self._handle)  # type: ignore[union-attr]
+            self._handle = None
 
     def __len__(self) -> int:
         """Open flows."""
+        if self._handle:
+            return int(self._lib.nm_meter_open(self._handle))  # type: ignore[union-attr]
         return len(self._flows)
 
     def add(self, batch: PacketBatch) -> None:
         """Feed one batch of packets (in capture order)."""
         p = batch.packets
-        n = len(p)
-        if not n:
+        ok = p["status"] == 0
+        if not ok.all():
+            p = p[ok]
+        if not len(p):
             return
-        buf = batch.buf
-        kb = p["key"].tobytes()
-        k0 = 1 if self.bidirectional else 0
-        status = p["status"].tolist()
-        ts_l = p["ts_ns"].tolist()
-        iplen_l = p["ip_len"].tolist()
-        rev_l = p["rev"].tolist()
-        frag_l = p["frag"].tolist()
-        off_l = p["off"].tolist()
-        ipoff_l = p["ip_off"].tolist()
-        payoff_l = p["payload_off"].tolist()
-        payend_l = p["payload_end"].tolist()
-        smac_l = p["smac_off"].tolist()
-        dmac_l = p["dmac_off"].tolist()
+        if p["frag"].any():
+            if p is batch.packets:
+                p = p.copy()  # fragment keys are rewritten: never in the caller's batch
+            self._fragment_keys(p, batch.buf)
+        if self._handle:
+            self._add_native(p, batch.buf)
+        else:
+            self._add_python(p, batch.buf)
 
+    def _positions(self, p) -> list[list[int]]:  # type: ignore[no-untyped-def]
+        """Absolute positions in the batch buffer of each packet's cropped header (start, end),
+        cropped payload (start, end) and MAC addresses (-1: none)."""
+        fc = self.features
+        off = p["off"]
+        h0 = off + p["ip_off"]
+        p0 = off + p["payload_off"]
+        h1 = np.minimum(p0, h0 + fc.header_bytes)
+        p1 = np.minimum(off + p["payload_end"], p0 + fc.payload_bytes)
+        smac = np.where(p["smac_off"] >= 0, off + p["smac_off"], -1)
+        dmac = np.where(p["dmac_off"] >= 0, off + p["dmac_off"], -1)
+        return [a.tolist() for a in (h0, h1, p0, p1, smac, dmac)]
+
+    def _new_flow(self, key: bytes, rev: int, t: int, buf: bytes, sm: int, dm: int) -> Flow:
+        flow = Flow(key, rev, t, self.source)
+        if sm >= 0:
+            flow.src_mac = buf[sm : sm + 6]
+        if dm >= 0:
+            flow.dst_mac = buf[dm : dm + 6]
+        self.counts["flows"] += 1
+        return flow
+
+    def _add_python(self, p, buf: bytes) -> None:  # type: ignore[no-untyped-def]
+        """The reference meter: one packet at a time."""
+        h0, h1, p0, p1, smac, dmac = self._positions(p)
+        k0 = 1 if self.bidirectional else 0
+        size_k = KEY_SIZE - k0
+        kb = np.ascontiguousarray(p["key"][:, k0:]).tobytes()
+        keys = [kb[j : j + size_k] for j in range(0, len(kb), size_k)]
         flows = self._flows
         get = flows.get
         to_end = flows.move_to_end
@@ -228,81 +286,196 @@ class FlowMeter:
         ready_at = self.config.ready_packets or 0
         fc = self.features
         keep_seq, keep_bytes = fc.seq_len, fc.n_packets
-        nh, np_ = fc.header_bytes, fc.payload_bytes
+        keep = max(keep_seq, keep_bytes)
         bidi = self.bidirectional
         clock = self.clock
-        for i in range(n):
-            if status[i]:
-                continue
-            t = ts_l[i]
+        for key, t, size, rev, a0, a1, b0, b1, sm, dm in zip(
+            keys,
+            p["ts_ns"].tolist(),
+            p["ip_len"].tolist(),
+            p["rev"].tolist(),
+            h0,
+            h1,
+            p0,
+            p1,
+            smac,
+            dmac,
+            strict=True,
+        ):
             if t > clock:
                 clock = t
                 if clock >= self._next_sweep:
                     self.clock = clock
                     self._sweep()
-            rev = rev_l[i]
-            if frag_l[i]:
-                key, rev = self._fragment_key(p, i, buf, kb)
-                key = key[k0:]
-            else:
-                key = kb[i * 40 + k0 : i * 40 + 40]
             flow = get(key)
-            if flow is not None:
-                if t - flow.last_ns > idle or t - flow.first_ns > active:
+            if flow is not None and t - flow.last_ns <= idle and t - flow.first_ns <= active:
+                to_end(key)
+            else:
+                if flow is not None:
                     del flows[key]
                     self._finish(flow, "idle" if t - flow.last_ns > idle else "active")
-                    flow = None
-                else:
-                    to_end(key)
-            if flow is None:
-                flow = Flow(key, rev, t, self.source)
-                o = off_l[i]
-                if smac_l[i] >= 0:
-                    flow.src_mac = buf[o + smac_l[i] : o + smac_l[i] + 6]
-                if dmac_l[i] >= 0:
-                    flow.dst_mac = buf[o + dmac_l[i] : o + dmac_l[i] + 6]
-                flows[key] = flow
-                self.counts["flows"] += 1
+                flow = flows[key] = self._new_flow(key, rev, t, buf, sm, dm)
                 if len(flows) > max_flows:
                     self._finish(flows.popitem(last=False)[1], "evicted")
             count = flow.packets = flow.packets + 1
-            size = iplen_l[i]
             flow.bytes += size
             if t > flow.last_ns:
                 flow.last_ns = t
-            if count <= keep_seq or count <= keep_bytes:
+            if count <= keep:
                 forward = not bidi or rev == flow.rev
                 if count <= keep_seq:
                     flow.ts.append(t)
                     flow.sizes.append(size if forward else -size)
                 if count <= keep_bytes:
-                    o = off_l[i]
-                    ip0, pay0 = o + ipoff_l[i], o + payoff_l[i]
-                    flow.headers.append(buf[ip0 : min(pay0, ip0 + nh)])
-                    flow.payloads.append(buf[pay0 : min(o + payend_l[i], pay0 + np_)])
+                    flow.headers.append(buf[a0:a1])
+                    flow.payloads.append(buf[b0:b1])
                     flow.dirs.append(1 if forward else -1)
             if count == ready_at:
                 self.ready.append(flow)
         self.clock = clock
 
-    def _fragment_key(self, p, i: int, buf: bytes, kb: bytes) -> tuple[bytes, int]:  # type: ignore[no-untyped-def]
-        """The full (40-byte) key of a fragment: later fragments get their first's ports."""
-        rec = p[i]
-        o = int(rec["off"]) + int(rec["ip_off"])
-        version, proto = int(rec["version"]), int(rec["proto"])
-        if version == 4:
-            src, dst = buf[o + 12 : o + 16], buf[o + 16 : o + 20]
-        else:
-            src, dst = buf[o + 8 : o + 24], buf[o + 24 : o + 40]
-        ident = (version, proto, src, dst, int(rec["frag_id"]))
-        if rec["frag"] == 1:
-            self._fragments[ident] = (int(rec["sport"]), int(rec["dport"]))
-            if len(self._fragments) > _FRAGMENT_MEMORY:
-                del self._fragments[next(iter(self._fragments))]
-            return kb[i * 40 : i * 40 + 40], int(rec["rev"])
-        sport, dport = self._fragments.get(ident, (0, 0))
-        rev, key = flow_key(version, proto, src, dst, sport, dport)
-        return key, rev
+    def _events(self, room: int) -> tuple[list[np.ndarray], list]:
+        arrays = [
+            np.empty(room, np.int64),  # position
+            np.empty(room, np.int32),  # slot
+            np.empty(room, np.uint8),  # reason
+            np.empty(room, np.int64),  # first
+            np.empty(room, np.int64),  # last
+            np.empty(room, np.int64),  # packets
+            np.empty(room, np.int64),  # bytes
+        ]
+        return arrays, [a.ctypes.data for a in arrays]
+
+    def _take_events(self, arrays: list[np.ndarray], n: int) -> list[tuple]:
+        if n < 0:
+            raise MemoryError("the flow table ran out of memory")
+        return list(zip(*(a[:n].tolist() for a in arrays), strict=True))
+
+    def _finish_slot(
+        self, slot: int, reason: int, first: int, last: int, packets: int, nbytes: int
+    ) -> None:
+        flow = self._slots.pop(slot)
+        flow.first_ns, flow.last_ns, flow.packets, flow.bytes = first, last, packets, nbytes
+        self._finish(flow, END_REASONS[reason])
+
+    def _add_native(self, p, buf: bytes) -> None:  # type: ignore[no-untyped-def]
+        """Per-packet work in C; Python handles new flows, stored packets and ended flows."""
+        lib = self._lib
+        n = len(p)
+        slots = np.empty(n, np.int32)
+        counts = np.empty(n, np.int64)
+        new = np.empty(n, np.uint8)
+        ev, ptrs = self._events(len(self) + 2 * n + 1)
+        n_ev = lib.nm_meter_add(  # type: ignore[union-attr]
+            self._handle,
+            p.ctypes.data,
+            n,
+            slots.ctypes.data,
+            counts.ctypes.data,
+            new.ctypes.data,
+            *ptrs,
+            len(ev[0]),
+        )
+        events = self._take_events(ev, n_ev)
+        self.clock = max(self.clock, int(p["ts_ns"].max()))
+        fc = self.features
+        keep_seq, keep_bytes = fc.seq_len, fc.n_packets
+        ready_at = self.config.ready_packets or 0
+        chosen = (counts <= max(keep_seq, keep_bytes)) | (new == 1)
+        if ready_at:
+            chosen |= counts == ready_at
+        index = np.flatnonzero(chosen)
+        q = p[index]
+        k0 = 1 if self.bidirectional else 0
+        size_k = KEY_SIZE - k0
+        fresh = new[index] == 1
+        kb = np.ascontiguousarray(q["key"][fresh, k0:]).tobytes()
+        keys = iter([kb[j : j + size_k] for j in range(0, len(kb), size_k)])
+        h0, h1, p0, p1, smac, dmac = self._positions(q)
+        bidi = self.bidirectional
+        flows = self._slots
+        e = 0
+        n_events = len(events)
+        for i, slot, count, is_new, t, size, rev, a0, a1, b0, b1, sm, dm in zip(
+            index.tolist(),
+            slots[index].tolist(),
+            counts[index].tolist(),
+            fresh.tolist(),
+            q["ts_ns"].tolist(),
+            q["ip_len"].tolist(),
+            q["rev"].tolist(),
+            h0,
+            h1,
+            p0,
+            p1,
+            smac,
+            dmac,
+            strict=True,
+        ):
+            while e < n_events and events[e][0] <= i:
+                self._finish_slot(*events[e][1:])
+                e += 1
+            if is_new:
+                flow = flows[slot] = self._new_flow(next(keys), rev, t, buf, sm, dm)
+            else:
+                flow = flows[slot]
+            forward = not bidi or rev == flow.rev
+            if count <= keep_seq:
+                flow.ts.append(t)
+                flow.sizes.append(size if forward else -size)
+            if count <= keep_bytes:
+                flow.headers.append(buf[a0:a1])
+                flow.payloads.append(buf[b0:b1])
+                flow.dirs.append(1 if forward else -1)
+            if count == ready_at:
+                self._sync(slot, flow)
+                self.ready.append(flow)
+        for event in events[e:]:
+            self._finish_slot(*event[1:])
+
+    def _sync(self, slot: int, flow: Flow) -> None:
+        out = np.empty(4, np.int64)
+        self._lib.nm_meter_counters(self._handle, slot, out.ctypes.data)  # type: ignore[union-attr]
+        flow.first_ns, flow.last_ns, flow.packets, flow.bytes = out.tolist()
+
+    def _fragment_keys(self, p, buf: bytes) -> None:  # type: ignore[no-untyped-def]
+        """Give later fragments the key (ports) of their first fragment, in packet order."""
+        index = np.flatnonzero(p["frag"])
+        f = p[index]
+        ip0 = (f["off"] + f["ip_off"]).tolist()
+        memory = self._fragments
+        later: list[int] = []
+        later_keys: list[bytes] = []
+        later_revs: list[int] = []
+        for i, o, version, proto, ident, kind, sport, dport in zip(
+            index.tolist(),
+            ip0,
+            f["version"].tolist(),
+            f["proto"].tolist(),
+            f["frag_id"].tolist(),
+            f["frag"].tolist(),
+            f["sport"].tolist(),
+            f["dport"].tolist(),
+            strict=True,
+        ):
+            if version == 4:
+                src, dst = buf[o + 12 : o + 16], buf[o + 16 : o + 20]
+            else:
+                src, dst = buf[o + 8 : o + 24], buf[o + 24 : o + 40]
+            name = (version, proto, src, dst, ident)
+            if kind == 1:
+                memory[name] = (sport, dport)
+                if len(memory) > _FRAGMENT_MEMORY:
+                    del memory[next(iter(memory))]
+                continue
+            sport, dport = memory.get(name, (0, 0))
+            rev, key = flow_key(version, proto, src, dst, sport, dport)
+            later.append(i)
+            later_keys.append(key)
+            later_revs.append(rev)
+        if later:
+            p["key"][later] = np.frombuffer(b"".join(later_keys), np.uint8).reshape(-1, KEY_SIZE)
+            p["rev"][later] = later_revs
 
     def _finish(self, flow: Flow, reason: str) -> None:
         flow.end_reason = reason
@@ -323,9 +496,20 @@ class FlowMeter:
                 return
         self._next_sweep = clock + idle + 1
 
+    def _native_advance(self, now_ns: int, end: bool) -> None:
+        ev, ptrs = self._events(len(self) + 1)
+        n = self._lib.nm_meter_advance(  # type: ignore[union-attr]
+            self._handle, now_ns, int(end), *ptrs, len(ev[0])
+        )
+        for event in self._take_events(ev, n):
+            self._finish_slot(*event[1:])
+
     def advance(self, now_ns: int) -> None:
         """Move the clock without a packet (a quiet live link) and export idle flows."""
-        if now_ns > self.clock:
+        if self._handle:
+            self.clock = max(self.clock, now_ns)
+            self._native_advance(now_ns, False)
+        elif now_ns > self.clock:
             self.clock = now_ns
             if now_ns >= self._next_sweep:
                 self._sweep()
@@ -340,6 +524,8 @@ class FlowMeter:
 
     def flush(self) -> list[Flow]:
         """End every open flow (reason 'end') and return all finished flows not yet taken."""
+        if self._handle:
+            self._native_advance(0, True)
         while self._flows:
             self._finish(self._flows.popitem(last=False)[1], "end")
         return self.pop_finished()
@@ -351,3 +537,9 @@ class FlowMeter:
             if self.finished:
                 yield from self.pop_finished()
         yield from self.flush()
+
+
+def _native_lib():  # type: ignore[no-untyped-def]
+    from netmamba.capture.batch import native
+
+    return native()

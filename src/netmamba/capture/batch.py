@@ -66,6 +66,18 @@ def _load_native() -> ctypes.CDLL | None:
     lib.nm_parse.argtypes = [p, i64, p, i64]
     lib.nm_debias.restype = None
     lib.nm_debias.argtypes = [p, i64, i32, i32, i32, p, p, p, p]
+    lib.nm_meter_new.restype = p
+    lib.nm_meter_new.argtypes = [i32, i64, i64, i64]
+    lib.nm_meter_free.restype = None
+    lib.nm_meter_free.argtypes = [p]
+    lib.nm_meter_open.restype = i64
+    lib.nm_meter_open.argtypes = [p]
+    lib.nm_meter_add.restype = i64
+    lib.nm_meter_add.argtypes = [p, p, i64, p, p, p, p, p, p, p, p, p, p, i64]
+    lib.nm_meter_advance.restype = i64
+    lib.nm_meter_advance.argtypes = [p, i64, i32, p, p, p, p, p, p, p, i64]
+    lib.nm_meter_counters.restype = None
+    lib.nm_meter_counters.argtypes = [p, i32, p]
     return lib
 
 
