@@ -176,3 +176,43 @@ def test_help_shows_an_example(capsys):
         main(["prepare", "--help"])
     out = capsys.readouterr().out
     assert "example:" in out and "netmamba prepare captures/" in out and "--merge" in out
+
+
+def test_settings_file_with_options_overriding_it(tmp_path, capsys):
+    root, _ = write_devices(tmp_path / "in")
+    settings = tmp_path / "prepare.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "features": {"n_packets": 2, "seq_len": 4},
+                "split": {"strategy": "file"},
+                "cleaning": {"min_per_class": 1},
+            }
+        )
+    )
+    out = tmp_path / "ds"
+    assert (
+        main(
+            [
+                "prepare",
+                str(root),
+                "-o",
+                str(out),
+                "-q",
+                "--config",
+                str(settings),
+                "--seq-len",
+                "3",
+            ]
+        )
+        == 0
+    )
+    cfg = json.loads((out / "manifest.json").read_text())["config"]
+    assert (cfg["features"]["n_packets"], cfg["features"]["seq_len"]) == (2, 3)
+    assert cfg["split"]["strategy"] == "file"
+    settings.write_text(json.dumps({"features": {"n_packets": 2, "colour": 1}}))
+    assert (
+        main(["prepare", str(root), "-o", str(tmp_path / "x"), "-q", "--config", str(settings)])
+        == 2
+    )
+    assert "unknown setting(s) colour" in capsys.readouterr().err

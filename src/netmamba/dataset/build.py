@@ -42,7 +42,7 @@ from netmamba.dataset.extract import (
     iter_file_chunks,
 )
 from netmamba.dataset.split import assign_splits, select_flows
-from netmamba.dataset.store import META_COLUMNS, to_table
+from netmamba.dataset.store import META_COLUMNS, meta_table, to_table
 from netmamba.features import ARRAY_DTYPES, ARRAY_NAMES, RAW_ARRAY_NAMES, array_shapes
 from netmamba.labels import LabelSource
 
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 FORMAT = "netmamba-dataset"
 FORMAT_VERSION = 1
 PARTIAL_FORMAT = "netmamba-partial"
-ROW_GROUP = 8192
+ROW_GROUP = 4096  # rows per Parquet row group (~15 MB with the default geometry)
 PART_SUFFIX = ".arrow"  # stage-1 parts: Arrow IPC files (fast to write and map; temporary)
 
 
@@ -230,19 +230,20 @@ def _build(
     config: PrepareConfig,
     inputs: Sequence[str],
 ) -> dict:
-    import pandas as pd
     import pyarrow as pa
 
     labelled = config.labels.labelled
-    metas = []
-    for k, part in enumerate(parts):
-        m = _read_part(part).select(list(META_COLUMNS)).to_pandas()
-        m["_part"] = k
-        m["_row"] = np.arange(len(m))
-        metas.append(m)
-    meta = (
-        pd.concat(metas, ignore_index=True) if metas else pd.DataFrame(columns=list(META_COLUMNS))
-    )
+    import pyarrow.feather as feather
+
+    meta_tables, lengths = [], []
+    for part in parts:  # only the metadata columns, read into memory (no file stays open)
+        t = feather.read_table(part, columns=list(META_COLUMNS), memory_map=False)
+        meta_tables.append(t)
+        lengths.append(len(t))
+    meta = (pa.concat_tables(meta_tables) if meta_tables else meta_table([])).to_pandas()
+    del meta_tables
+    part_of = np.repeat(np.arange(len(parts)), lengths)
+    row_of = np.concatenate([np.arange(n) for n in lengths]) if lengths else np.zeros(0, int)
     dropped: Counter[str] = Counter()
     for r in reports:
         dropped.update(r.dropped)
@@ -256,23 +257,12 @@ def _build(
     index = {name: i for i, name in enumerate(label_names)}
     label_ids = kept["label"].map(index).to_numpy(np.int64) if labelled else np.full(len(kept), -1)
     splits = assign_splits(kept, label_ids, config.split)
-    kept["label_id"] = label_ids
     kept["split"] = [SPLIT_NAMES[s] for s in splits.tolist()]
 
     data = out_dir / "data"
     data.mkdir()
     writers = {s: _ShardWriter(data, s, config.rows_per_shard) for s in SPLIT_NAMES}
-    by_part = kept.groupby("_part", sort=True)
-    for k, rows in by_part:
-        table = _read_part(parts[int(k)])
-        for split in SPLIT_NAMES:
-            chosen = rows[rows["split"] == split]
-            if not len(chosen):
-                continue
-            sub = table.take(pa.array(chosen["_row"].to_numpy()))
-            sub = sub.append_column("label_id", pa.array(chosen["label_id"].to_numpy()))
-            sub = sub.append_column("split", pa.array(chosen["split"].tolist(), pa.string()))
-            writers[split].add(sub)
+    _write_splits(parts, part_of[keep], row_of[keep], splits, label_ids, writers)
     for w in writers.values():
         w.close()
 
@@ -328,6 +318,41 @@ def _build(
     text = json.dumps(manifest, indent=2)
     (out_dir / "manifest.json").write_text(text + "\n")
     return json.loads(text)  # exactly what a reader of the file gets (lists, not tuples)
+
+
+PARTS_AT_ONCE = 64  # parts mapped together when writing the shards (bounds open files)
+TAKE_ROWS = 4096  # rows gathered at a time (~15 MB with the default geometry)
+
+
+def _write_splits(
+    parts: list[Path],
+    part_of: np.ndarray,
+    row_of: np.ndarray,
+    splits: np.ndarray,
+    label_ids: np.ndarray,
+    writers: dict[str, _ShardWriter],
+) -> None:
+    """Copy the kept rows into their split's shards, in the global order (parts in order, rows
+    in order), a group of parts at a time."""
+    import pyarrow as pa
+
+    for g in range(0, len(parts), PARTS_AT_ONCE):
+        lo, hi = np.searchsorted(part_of, [g, g + PARTS_AT_ONCE])
+        if lo == hi:
+            continue
+        tables = [_read_part(p) for p in parts[g : g + PARTS_AT_ONCE]]
+        starts = np.cumsum([0, *(len(t) for t in tables)])
+        table = pa.concat_tables(tables)
+        rows = starts[part_of[lo:hi] - g] + row_of[lo:hi]
+        for code, split in enumerate(SPLIT_NAMES):
+            mask = splits[lo:hi] == code
+            chosen, ids = rows[mask], label_ids[lo:hi][mask]
+            for k in range(0, len(chosen), TAKE_ROWS):
+                sub = table.take(pa.array(chosen[k : k + TAKE_ROWS]))
+                sub = sub.append_column("label_id", pa.array(ids[k : k + TAKE_ROWS]))
+                sub = sub.append_column("split", pa.array([split] * len(sub), pa.string()))
+                writers[split].add(sub)
+        del table, tables  # unmap this group's parts before the next
 
 
 def _read_part(path: Path) -> pa.Table:
