@@ -18,10 +18,10 @@
  * The backward recomputes the states of one (row, 16-channel block) into a thread-local buffer
  * (L x N x 16 values, in L2) and then runs the adjoint recurrence backwards.
  *
- * Threads: plain pthreads over (row, channel block) jobs, one contiguous share per thread, with
- * per-thread partial sums for the gradients reduced over rows or channels. We do not use
- * OpenMP: torch ships its own OpenMP runtime, and two runtimes spinning on few cores slow each
- * other down.
+ * Threads: the jobs are cut into one contiguous share per thread, with per-thread partial sums
+ * for the gradients reduced over rows or channels. The shares run on torch's own OpenMP team when
+ * Python hands us torch's runtime (nm_use_openmp), else on pthreads. We never link an OpenMP
+ * runtime of our own: torch ships one, and two runtimes spinning on few cores slow each other.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -225,6 +225,34 @@ static void *task_run(void *p) {
 /* Run `jobs` jobs on `nthreads` threads (the caller is thread 0). `outputs[i]` (n_acc of them,
  * sizes[i] elements) are accumulated gradients: zeroed, thread 0 adds into them, the others into
  * private zeroed copies summed at the end. */
+/* torch's own OpenMP team, when the caller hands us its runtime (nm_use_openmp): our jobs then
+ * run on the threads torch already has, instead of new threads competing with torch's, which
+ * spin for a while after each of its parallel regions. GOMP_parallel is the libgomp ABI of
+ * `#pragma omp parallel` (LLVM's libomp exports it too). */
+typedef void (*gomp_parallel_fn)(void (*fn)(void *), void *data, unsigned num_threads,
+                                 unsigned flags);
+static gomp_parallel_fn gomp_parallel = NULL;
+
+void nm_use_openmp(void *parallel_fn) { gomp_parallel = (gomp_parallel_fn)parallel_fn; }
+
+typedef struct {
+    task *tasks;
+    int n;
+    int next; /* next task to claim: whatever the team size, every task runs exactly once */
+} team_work;
+
+static void team_run(void *p) {
+    team_work *w = (team_work *)p;
+    for (;;) {
+        const int i = __atomic_fetch_add(&w->next, 1, __ATOMIC_RELAXED);
+        if (i >= w->n) return;
+        task_run(&w->tasks[i]);
+    }
+}
+
+/* Run `jobs` jobs on `nthreads` threads. `outputs[i]` (n_acc of them, sizes[i] elements) are
+ * accumulated gradients: zeroed, task 0 adds into them, the others into private zeroed copies
+ * summed at the end. */
 static int run_parallel(int kind, const void *args, int is_double, int backward, int64_t jobs,
                         int64_t splits, int nthreads, int n_acc, void *outputs[],
                         const size_t sizes[]) {
@@ -235,8 +263,6 @@ static int run_parallel(int kind, const void *args, int is_double, int backward,
     const size_t elem = is_double ? sizeof(double) : sizeof(float);
     const int avx2 = use_avx2();
     task tasks[MAX_THREADS];
-    pthread_t threads[MAX_THREADS];
-    int started[MAX_THREADS] = {0};
     int status = 0;
     for (int i = 0; i < n_acc; ++i) memset(outputs[i], 0, sizes[i] * elem);
     for (int i = 0; i < nthreads; ++i) {
@@ -255,7 +281,14 @@ static int run_parallel(int kind, const void *args, int is_double, int backward,
             if (!t->acc[k]) status = -1;
         }
     }
-    if (status == 0) {
+    if (status == 0 && nthreads == 1) {
+        task_run(&tasks[0]);
+    } else if (status == 0 && gomp_parallel) {
+        team_work work = {tasks, nthreads, 0};
+        gomp_parallel(team_run, &work, (unsigned)nthreads, 0);
+    } else if (status == 0) {
+        pthread_t threads[MAX_THREADS];
+        int started[MAX_THREADS] = {0};
         for (int i = 1; i < nthreads; ++i)
             started[i] = pthread_create(&threads[i], NULL, task_run, &tasks[i]) == 0;
         for (int i = 1; i < nthreads; ++i)
@@ -263,9 +296,10 @@ static int run_parallel(int kind, const void *args, int is_double, int backward,
         task_run(&tasks[0]);
         for (int i = 1; i < nthreads; ++i)
             if (started[i]) pthread_join(threads[i], NULL);
+    }
+    if (status == 0)
         for (int i = 0; i < nthreads; ++i)
             if (tasks[i].status != 0) status = tasks[i].status;
-    }
     for (int i = 1; i < nthreads; ++i)
         for (int k = 0; k < n_acc; ++k) {
             if (status == 0) {

@@ -5,7 +5,9 @@ Two operations, each with a forward and a backward kernel:
 - the causal depthwise conv1d with bias, padding mask and SiLU fused in.
 Both take (batch, L, channels) tensors whose channel axis has unit stride (views such as the
 halves of in_proj's output are read in place), in float32 or float64, and run on
-`torch.get_num_threads()` threads. ctypes releases the GIL during the calls.
+`torch.get_num_threads()` threads: torch's own OpenMP team when its runtime can be found (so the
+kernels do not compete with torch's spinning threads), else pthreads (NETMAMBA_KERNEL_THREADS=
+pthreads forces that). ctypes releases the GIL during the calls.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 
 import torch
 
@@ -22,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _ABI_VERSION = 2
 _LIBRARY = "selective_scan"
+THREADS_ENV = "NETMAMBA_KERNEL_THREADS"  # "pthreads" keeps the kernels off torch's OpenMP team
 
 
 class ScanArgs(ctypes.Structure):
@@ -111,6 +115,12 @@ def library() -> ctypes.CDLL | None:
             _ABI_VERSION,
         )
         return None
+    lib.nm_use_openmp.argtypes = [ctypes.c_void_p]
+    lib.nm_use_openmp.restype = None
+    if os.environ.get(THREADS_ENV, "openmp") != "pthreads":
+        parallel = _torch_openmp_parallel()
+        if parallel:
+            lib.nm_use_openmp(parallel)
     for name, args_type in (
         ("nm_selective_scan_fwd", ScanArgs),
         ("nm_selective_scan_bwd", ScanArgs),
@@ -121,6 +131,23 @@ def library() -> ctypes.CDLL | None:
         fn.argtypes = [ctypes.POINTER(args_type), ctypes.c_int, ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
+
+
+def _torch_openmp_parallel() -> int | None:
+    """Address of GOMP_parallel in the OpenMP runtime torch loaded (libgomp, or LLVM's libomp
+    which exports it too), so the kernels run on torch's threads; None when there is none."""
+    try:
+        with open("/proc/self/maps") as maps:  # Linux; elsewhere the kernels use pthreads
+            paths = {line.split()[-1] for line in maps if "omp" in line.rsplit("/", 1)[-1]}
+    except OSError:
+        return None
+    for path in sorted(paths, key=lambda p: "torch" not in p):  # torch's own first
+        try:
+            runtime = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | os.RTLD_LAZY)
+            return ctypes.cast(runtime.GOMP_parallel, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
 
 
 def available() -> bool:
