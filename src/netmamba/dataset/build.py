@@ -203,7 +203,7 @@ class _ShardWriter:
         while start < len(table):
             if self.writer is None:
                 name = f"{self.split}-{len(self.files):05d}.parquet"
-                self.writer = pq.ParquetWriter(self.folder / name, table.schema)
+                self.writer = pq.ParquetWriter(self.folder / name, table.schema, compression="zstd")
                 self.files.append(name)
                 self.file_rows = 0
             take = min(len(table) - start, self.rows_per_shard - self.file_rows)
