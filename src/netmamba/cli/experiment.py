@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 HELP = "run an experiment file (datasets, variants, settings) into one results table"
 EXAMPLE = """netmamba experiment experiments/lda.yaml -o results/lda --var DATASET=data/ndpi
@@ -67,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
         )
     except (ExperimentError, TrainError, EvaluationError, CheckpointError) as exc:
         raise CommandError(str(exc)) from None
-    print((open(f"{args.output}/results.md").read()).rstrip())
+    print(Path(args.output, "results.md").read_text().rstrip())
     print(f"wrote {args.output}/results.md, results.csv and results.json")
     return 0
