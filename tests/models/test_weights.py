@@ -70,7 +70,7 @@ def test_pretrained_encoder_loads_into_a_classifier(tmp_path):
     for name, tensor in classifier.encoder.state_dict().items():
         assert torch.equal(tensor, pretrainer.encoder.state_dict()[name])
     with pytest.raises(CheckpointError, match="configurations differ"):
-        load_encoder(build_classifier(config.replace(d_model=64), 4), pretrainer)
+        load_encoder(build_classifier(config.replace(d_model=2 * config.d_model), 4), pretrainer)
 
 
 def to_authors_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
