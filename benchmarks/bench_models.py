@@ -224,6 +224,9 @@ def run_main(args: argparse.Namespace) -> dict:
     models = {name: build(name) for name in names}
     batches = {b: random_batch(paper, b, torch.Generator().manual_seed(b)) for b in sizes}
     fps: dict[str, dict[int, float]] = {name: {} for name in names}
+    fast_model = build_classifier(ModelConfig.preset("fast"), CLASSES).eval()
+    fast_batch = random_batch(ModelConfig.preset("fast"), 256, torch.Generator().manual_seed(0))
+    fast_fps: dict[str, float] = {}
     matmul_rate = 0.0
     for rnd in range(args.rounds):
         for b in sizes:
@@ -238,6 +241,15 @@ def run_main(args: argparse.Namespace) -> dict:
         rate = time_matmul(64 * paper.n_tokens, paper.d_model, 2 * paper.d_inner)
         matmul_rate = max(matmul_rate, rate)
         log(f"round {rnd} matmul {rate / 1e9:.1f} GFLOP/s")
+        for threads in (args.threads, 1):  # the `fast` preset at batch 256
+            torch.set_num_threads(threads)
+            if rnd == 0:
+                time_forward(fast_model, fast_batch, 0.0)
+            seconds = time_forward(fast_model, fast_batch, args.min_seconds)
+            key = f"{threads}_threads"
+            fast_fps[key] = max(fast_fps.get(key, 0.0), 256 / seconds)
+            log(f"round {rnd} fast preset, {threads} thread(s): {256 / seconds:.0f} flows/s")
+        torch.set_num_threads(args.threads)
 
     b64 = 64 if 64 in sizes else sizes[-1]
     shares = kernel_shares(models["netmamba"], batches[b64], args.rounds)
@@ -273,6 +285,7 @@ def run_main(args: argparse.Namespace) -> dict:
         "params": {n: n_params(models[n]) for n in names},
         "fps": {n: {str(b): round(v, 2) for b, v in fps[n].items()} for n in names},
         "peak_memory_mb": memory,
+        "fast_preset_fps_b256": {k: round(v) for k, v in fast_fps.items()},
         f"train_samples_per_s_b{args.train_batch}": {k: round(v, 2) for k, v in train.items()},
         "matmul_gflops": round(matmul_rate / 1e9, 1),
         "gflop_per_flow": {k: round(v / 1e9, 3) for k, v in flops.items()},
