@@ -126,3 +126,63 @@ def prepare_toy(
     )
     prepare([captures], out, config, progress=False)
     return out
+
+
+# ---- runs shared by the test modules of one session (each is made once) --------------------
+
+TINY_FINETUNE = {
+    "preset": "fast",
+    "model": TINY_MODEL,
+    "train": {"batch_size": 16, "epochs": 25, "log_every": 5},
+    "optim": {"base_lr": 0.16, "layer_decay": 1.0},
+    "warmup_epochs": 1,
+    "baseline": {"max_iter": 30},
+}
+TINY_PRETRAIN = {
+    "preset": "fast",
+    "model": TINY_MODEL,
+    "train": {"batch_size": 16, "steps": 8, "log_every": 2, "checkpoint_every": 4},
+}
+_CACHE: dict[str, Path] = {}
+
+
+def cached(name: str, factory, make) -> Path:  # type: ignore[no-untyped-def]
+    """`make(folder)` once per test session (folder from pytest's tmp_path_factory)."""
+    if name not in _CACHE or not _CACHE[name].exists():
+        folder = factory.mktemp(name) / name
+        make(folder)
+        _CACHE[name] = folder
+    return _CACHE[name]
+
+
+def toy_dataset(factory) -> Path:  # type: ignore[no-untyped-def]
+    """The labelled toy dataset (3 classes)."""
+    return cached("toy", factory, prepare_toy)
+
+
+def unseen_dataset(factory) -> Path:  # type: ignore[no-untyped-def]
+    """Flows of the 'game' class only, prepared like the toy dataset (unknown-class tests)."""
+    return cached("unseen", factory, lambda f: prepare_toy(f, 15, ("game",), seed=7))
+
+
+def pretrained_run(factory) -> Path:  # type: ignore[no-untyped-def]
+    from netmamba.train.pretrain import PretrainConfig, pretrain
+
+    data = toy_dataset(factory)
+    return cached(
+        "pre",
+        factory,
+        lambda f: pretrain([data], f, PretrainConfig.from_dict(TINY_PRETRAIN), progress=False),
+    )
+
+
+def finetuned_run(factory) -> Path:  # type: ignore[no-untyped-def]
+    """A tiny NetMamba+ fine-tuned from scratch on the toy dataset (25 epochs, accurate)."""
+    from netmamba.train.finetune import FinetuneConfig, finetune
+
+    data = toy_dataset(factory)
+    return cached(
+        "ft",
+        factory,
+        lambda f: finetune(data, f, FinetuneConfig.from_dict(TINY_FINETUNE), progress=False),
+    )

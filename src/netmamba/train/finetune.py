@@ -60,7 +60,7 @@ from netmamba.train.loop import (
 )
 from netmamba.train.loss import LDALoss, LossConfig, build_loss
 from netmamba.train.optim import OptimConfig, WarmupCosineSchedule, build_optimizer, effective_lr
-from netmamba.train.rundir import TrainError, open_run_dir
+from netmamba.train.rundir import TrainError, check_run_dir, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -359,6 +359,7 @@ def _finetune(
     stop_after: int | None,
     dist: Distributed,
 ) -> FinetuneResult | None:
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     train_ds = _load_split(dataset, "train")
     if not train_ds.manifest.get("labelled"):
         raise TrainError(

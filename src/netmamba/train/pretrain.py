@@ -38,7 +38,7 @@ from netmamba.train.loop import (
     run_loop,
 )
 from netmamba.train.optim import OptimConfig, build_optimizer, build_schedule
-from netmamba.train.rundir import TrainError, open_run_dir
+from netmamba.train.rundir import TrainError, check_run_dir, open_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ def pretrain(
     own_dist = dist is None
     dist = dist or setup_distributed(device, threads)
     try:
+        check_run_dir(run_dir, resume=resume, overwrite=overwrite)
         data, mconfig = load_pretraining_data(datasets, config.splits, config.preset, config.model)
         extra = {
             "features": mconfig.feature_config().to_dict(),

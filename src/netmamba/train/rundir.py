@@ -38,6 +38,26 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+def check_run_dir(run_dir: str | Path, *, resume: bool, overwrite: bool) -> None:
+    """Fail early (before loading data) when the folder cannot be used as asked."""
+    run_dir = Path(run_dir)
+    if resume and not (run_dir / RUN_FILE).is_file():
+        raise TrainError(
+            f"{run_dir}: nothing to resume (no {RUN_FILE}); start the run without --resume"
+        )
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise TrainError(
+                f"{run_dir} already exists: add --resume to continue that run, --overwrite to "
+                "replace it, or choose another folder"
+            )
+        if not (run_dir / RUN_FILE).is_file():
+            raise TrainError(
+                f"{run_dir} exists and is not a run folder (no {RUN_FILE}): refusing to "
+                "delete it; choose another folder"
+            )
+
+
 def open_run_dir(
     run_dir: str | Path,
     record: dict[str, Any],
