@@ -116,7 +116,7 @@ def test_the_main_comparison_pre_trains_each_architecture_once(tmp_path):
 
 
 def test_variables_are_required_declared_and_typed(tmp_path):
-    with pytest.raises(ExperimentError, match="set the variable.*DATASET"):
+    with pytest.raises(ExperimentError, match=r"set the variable.*DATASET"):
         load_experiment(EXPERIMENTS / "lda.yaml", {}, use_environment=False)
     with pytest.raises(ExperimentError, match="declares no such variable"):
         load_experiment(EXPERIMENTS / "lda.yaml", {"DATASET": "d", "NOPE": "1"})
@@ -129,5 +129,5 @@ def test_variables_are_required_declared_and_typed(tmp_path):
     assert deferred.settings["loss"]["reweight_from_epoch"] == 7
     bad = tmp_path / "bad.yaml"
     bad.write_text("datasets: {a: x}\nvariants: [{name: v, settings: {loss: {kind: hinge}}}]\n")
-    with pytest.raises(ExperimentError, match="LossConfig.kind must be 'lda' or 'ce'"):
+    with pytest.raises(ExperimentError, match=r"LossConfig\.kind must be 'lda' or 'ce'"):
         load_experiment(bad)

@@ -60,7 +60,7 @@ def variant_of_toy(root, name, classes=toydata.CLASSES, **changes):
 
 
 def test_metrics_json_has_the_summary_at_the_top_and_every_section(evaluated, run, toy):
-    out, results = evaluated
+    out, _ = evaluated
     metrics = json.loads((out / "metrics.json").read_text())
     test = load_dataset(toy, "test")
     predictor = Predictor.load(run, device="cpu")

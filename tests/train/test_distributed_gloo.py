@@ -3,8 +3,8 @@ global batch.
 
 Not bit-exact: each process sums its half of the batch, gloo averages the two gradients, and
 the single process sums all of it with two threads, so the floating-point additions happen in
-another order (weights end about 1e-5 apart after 12 steps that moved them by about 1e-1). Dropout and drop
-path are off: each process draws its own masks, by design."""
+another order: weights end about 1e-5 apart after 12 steps that moved them by about 1e-1.
+Dropout and drop path are off: each process draws its own masks, by design."""
 
 from __future__ import annotations
 

@@ -164,7 +164,7 @@ def test_a_pre_trained_model_keeps_its_architecture(toy, tmp_path_factory, tmp_p
     config = settings(model={**toydata.TINY_MODEL, "d_model": 64})
     with pytest.raises(TrainError, match="cannot change d_model of the pre-trained model"):
         finetune(toy, tmp_path / "run", config, init=pre, progress=False)
-    with pytest.raises(TrainError, match="--from .*no such checkpoint"):
+    with pytest.raises(TrainError, match=r"--from .*no such checkpoint"):
         finetune(toy, tmp_path / "run", settings(), init=tmp_path / "nothing", progress=False)
 
 
