@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from netmamba.serve.replay import Replay, normalise_speed, open_capture_stream, paced
+from netmamba.capture import PacketBatch
+from netmamba.serve.replay import CaptureFiles, Replay, normalise_speed, open_capture_stream, paced
+from netmamba.serve.service import NextCapture
 
 S = 1_000_000_000  # ns per second
 
@@ -130,7 +132,8 @@ def test_capture_on_standard_input_goes_through_the_offline_reader(tmp_path: Pat
     path = pcapgen.write_pcap(tmp_path / "in.pcap.gz", frames, nanosecond=True, gzip=True)
     code = (
         "from netmamba.serve.replay import read_capture\n"
-        "for f in read_capture('-'):\n    print(f[0], f[1].hex(), f[2])\n"
+        "for batch in read_capture('-'):\n"
+        "    for p in batch:\n        print(p.ts_ns, p.frame.hex(), p.linktype)\n"
     )
     with open(path, "rb") as stdin:  # as in: tcpdump -w - | netmamba serve --read -
         proc = subprocess.run(
@@ -138,3 +141,112 @@ def test_capture_on_standard_input_goes_through_the_offline_reader(tmp_path: Pat
         )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split("\n")[:-1] == [f"{ts} {data.hex()} 1" for ts, data in frames]
+
+
+# --- the reader's parsed batches ------------------------------------------------------------------
+
+
+def packet_batch(*times_s: float) -> PacketBatch:
+    """A parsed batch of UDP packets p0, p1, ... stamped at `times_s` (payload = the name)."""
+    import pcapgen
+
+    frames = [
+        (int(1_600_000_000 * S + t * S), pcapgen.ethernet(pcapgen.ip(
+            "10.0.0.1", "10.0.0.2", pcapgen.udp(5000, 53, b"p%d" % i))), 1)
+        for i, t in enumerate(times_s)
+    ]  # fmt: skip
+    return PacketBatch.from_frames(frames)
+
+
+def names(batch: PacketBatch) -> list[bytes]:
+    return [p.payload for p in batch]
+
+
+def test_unpaced_batches_pass_through_untouched() -> None:
+    fake = FakeClock()
+    first, second = packet_batch(0, 1, 2), packet_batch(3, 4)
+    replay = Replay([first, second], speed=None, clock=fake.clock, sleep=fake.sleep)
+    out = list(replay.batches())
+    assert out[0] is first and out[1] is second and fake.sleeps == []
+    assert replay.now_ns() == int(1_600_000_004 * S)
+
+
+def test_paced_batches_are_sliced_at_due_times() -> None:
+    fake = FakeClock()
+    replay = Replay([packet_batch(0, 0.05, 0.05, 0.3)], speed=1.0, clock=fake.clock,
+                    sleep=fake.sleep)  # fmt: skip
+    got = [
+        (round(fake.now, 6), names(b) if isinstance(b, PacketBatch) else b)
+        for b in replay.batches()
+    ]
+    assert got == [
+        (100.0, [b"p0"]),
+        (100.05, [b"p1", b"p2"]),
+        (100.15, []),  # ticks while waiting 250 ms, as for single packets
+        (100.25, []),
+        (100.3, [b"p3"]),
+    ]
+
+
+def test_paced_batches_shorten_long_silences_and_tolerate_backwards_time() -> None:
+    fake = FakeClock()
+    replay = Replay([packet_batch(0, 1, 3601, 3600.5, 3602)], speed=1.0, max_gap_s=2.0,
+                    clock=fake.clock, sleep=fake.sleep)  # fmt: skip
+    out = [names(b) for b in replay.batches() if isinstance(b, PacketBatch)]
+    assert [n for batch in out for n in batch] == [b"p0", b"p1", b"p2", b"p3", b"p4"]
+    assert [b"p2", b"p3"] in out  # p3 is earlier than p2: it leaves with it
+    assert fake.now == pytest.approx(100 + 1 + 2 + 1)  # the hour became 2 s
+
+
+def test_next_capture_markers_pass_through_and_restart_the_pace() -> None:
+    fake = FakeClock()
+    later = packet_batch(86400, 86400.5)  # a recording made a day later
+    replay = Replay(
+        [NextCapture("a.pcap"), packet_batch(0, 0.5), NextCapture("b.pcap"), later],
+        speed=1.0,
+        clock=fake.clock,
+        sleep=fake.sleep,
+    )
+    out = [
+        b if isinstance(b, NextCapture) else names(b)
+        for b in replay.batches()
+        if isinstance(b, NextCapture) or len(b)
+    ]
+    assert out == [NextCapture("a.pcap"), [b"p0"], [b"p1"], NextCapture("b.pcap"), [b"p0"],
+                   [b"p1"]]  # fmt: skip
+    assert fake.now == pytest.approx(101.0)  # 0.5 s each, not a day
+
+
+def test_a_folder_is_read_capture_by_capture_in_sorted_order(tmp_path: Path) -> None:
+    import pcapgen
+
+    def write(path: Path, sport: int) -> None:
+        pcapgen.write_pcap(path, [(S * 1_600_000_000, pcapgen.ethernet(pcapgen.ip(
+            "10.0.0.1", "10.0.0.2", pcapgen.udp(sport, 53, b"x"))))])  # fmt: skip
+
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub" / "a.pcap", 1)
+    write(tmp_path / "b.pcap", 2)
+    (tmp_path / "notes.txt").write_text("not a capture")
+    (tmp_path / "broken.pcap").write_bytes(b"garbage, not a capture at all")
+    files = CaptureFiles(str(tmp_path))
+    items = list(files)
+    markers = [i.name for i in items if isinstance(i, NextCapture)]
+    assert markers == [str(tmp_path / "b.pcap"), str(tmp_path / "sub" / "a.pcap")]
+    ports = [p.sport for i in items if isinstance(i, PacketBatch) for p in i]
+    assert ports == [2, 1]
+    assert (files.captures_read, files.captures_failed) == (2, 1)  # broken.pcap: skipped
+
+
+def test_a_bad_capture_named_directly_is_an_error_at_once(tmp_path: Path) -> None:
+    from netmamba.capture import CaptureError
+
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(b"hello world")
+    with pytest.raises(CaptureError, match=r"bad.pcap: not a pcap or pcapng capture"):
+        CaptureFiles(str(bad))
+    with pytest.raises(CaptureError, match=r"nowhere.pcap: no such capture file or folder"):
+        CaptureFiles(str(tmp_path / "nowhere.pcap"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaptureError, match=r"empty: no pcap or pcapng captures in this folder"):
+        CaptureFiles(str(tmp_path / "empty"))

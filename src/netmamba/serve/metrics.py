@@ -173,7 +173,13 @@ class ServiceMetrics:
             "netmamba_flows_dropped_total", "Ready flows dropped because inference was full."
         )
         self.flows_evicted = c(
-            "netmamba_flows_evicted_total", "Flows evicted from a full flow table, unclassified."
+            "netmamba_flows_evicted_total",
+            "Flows pushed out of a full flow table before they had every packet the model reads "
+            "(classified with what they had).",
+        )
+        self.flows_too_short = c(
+            "netmamba_flows_too_short_total",
+            "Flows with fewer packets than the model's training flows: not classified.",
         )
         self.kernel_received = c(
             "netmamba_capture_kernel_packets_total", "Packets the kernel passed to the capture."
@@ -235,6 +241,7 @@ class ServiceMetrics:
             "flows_unknown": self.flows_unknown.value,
             "flows_dropped": self.flows_dropped.value,
             "flows_evicted": self.flows_evicted.value,
+            "flows_too_short": self.flows_too_short.value,
             "kernel_dropped": self.kernel_dropped.value,
         }
 

@@ -14,11 +14,12 @@ from typing import Any
 from netmamba.serve.service import ServeConfig
 
 EXAMPLES = """\
-  netmamba serve --interface eth0                       live, dashboard on http://127.0.0.1:8000/
-  netmamba serve -i any --filter 'tcp or udp' --port 9000
-  tcpdump -i eth0 -w - | netmamba serve --read -        a capture stream on standard input
-  netmamba serve --read trace.pcapng --speed 1          replayed at its recorded pace
-  netmamba serve --read trace.pcap --redis redis://localhost:6379/0 --exit-when-done"""
+netmamba serve --interface eth0                      live, dashboard on http://127.0.0.1:8000/
+  netmamba serve -i any --filter 'tcp or udp' --model runs/iot --port 9000
+  tcpdump -i eth0 -w - | netmamba serve --read -       a capture stream on standard input
+  netmamba serve --read trace.pcapng --speed 1         replayed at its recorded pace
+  netmamba serve --read captures/ --exit-when-done     every capture of a folder, at full speed
+  netmamba serve -i eth0 --redis redis://localhost:6379/0 --retention 12h --classify-within 3s"""
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d)?")
 _SECONDS = {None: 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "-i", "--interface", metavar="IFACE", help="capture live from IFACE ('any': all)"
     )
     what.add_argument(
-        "-r", "--read", metavar="CAPTURE", help="replay a pcap/pcapng(.gz) file; '-' = stdin"
+        "-r",
+        "--read",
+        metavar="CAPTURE",
+        help="replay a pcap/pcapng(.gz) file, every capture in a folder, or '-' (stdin)",
     )
     source.add_argument(
         "--speed",
@@ -68,7 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--promiscuous", action="store_true", help="capture frames for others too")
 
     model = parser.add_argument_group("model and inference")
-    model.add_argument("-m", "--model", metavar="DIR", help="checkpoint folder (default: bundled)")
+    model.add_argument(
+        "-m",
+        "--model",
+        default="default",
+        metavar="NAME|PATH",
+        help="a built-in model name (default: %(default)s) or a fine-tuned checkpoint or run "
+        "folder; flows are assembled with the settings it was trained with",
+    )
+    model.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="CPU threads of the model (default: all cores but one, which reads packets)",
+    )
+    model.add_argument(
+        "--include-short",
+        action="store_true",
+        help="also classify flows shorter than any the model was trained on (else counted)",
+    )
     model.add_argument("--batch", type=int, default=256, metavar="N", help="flows per batch, max")
     model.add_argument(
         "--max-wait-ms",
@@ -89,6 +111,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto", "drop", "block"),
         default="auto",
         help="when the queue is full: drop and count (auto: live) or wait (auto: replays)",
+    )
+
+    table = parser.add_argument_group("flow table")
+    table.add_argument(
+        "--classify-within",
+        type=duration_s,
+        metavar="AGE",
+        help="classify a flow this old (e.g. 3s) with the packets it has, like the paper's "
+        "fixed window (default: when it has every packet the model reads, or when it ends)",
+    )
+    table.add_argument(
+        "--max-active-flows",
+        type=int,
+        metavar="N",
+        help="flows held at most; the least recently active is classified and dropped "
+        "(default: the model's flow settings, 1000000)",
     )
 
     results = parser.add_argument_group("results")
@@ -151,6 +189,14 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         raise OptionError("--max-flows must be >= 0 (0 = no limit)")
     if not 0 <= args.port <= 65535:
         raise OptionError(f"--port must be 0-65535, not {args.port}")
+    if getattr(args, "threads", None) is not None and args.threads < 1:
+        raise OptionError("--threads must be at least 1")
+    max_active = getattr(args, "max_active_flows", None)
+    if max_active is not None and max_active < 1:
+        raise OptionError("--max-active-flows must be at least 1")
+    within = getattr(args, "classify_within", None)
+    if within is not None and within <= 0:
+        raise OptionError("--classify-within must be a positive duration, e.g. 3s")
     return ServeConfig(
         max_batch=args.batch,
         max_wait_ms=args.max_wait_ms,
@@ -180,6 +226,19 @@ def capture_config(args: argparse.Namespace) -> Any:
     )
 
 
+def flow_table_config(args: argparse.Namespace, info: Any) -> Any:
+    """The FlowTableConfig of the options, for the model `info` (a CheckpointInfo)."""
+    from netmamba.serve.flowtable import FlowTableConfig
+
+    return FlowTableConfig(
+        ready_packets=info.ready_packets,
+        min_packets=info.min_packets,
+        include_short=bool(getattr(args, "include_short", False)),
+        classify_within_s=getattr(args, "classify_within", None),
+        max_flows=getattr(args, "max_active_flows", None),
+    )
+
+
 def open_source(args: argparse.Namespace, max_batch: int = 256) -> Any:
     """The packet source the options name: a LiveSource, or a ReplaySource over the reader.
 
@@ -192,7 +251,7 @@ def open_source(args: argparse.Namespace, max_batch: int = 256) -> Any:
         from netmamba.capture.live import LiveCapture
 
         return LiveSource(LiveCapture(live))
-    from netmamba.serve.replay import Replay, read_capture
+    from netmamba.serve.replay import CaptureFiles, Replay
 
     name = "stdin" if args.read == "-" else args.read
-    return ReplaySource(Replay(read_capture(args.read), args.speed, max_batch=max_batch), name)
+    return ReplaySource(Replay(CaptureFiles(args.read), args.speed, max_batch=max_batch), name)

@@ -99,6 +99,16 @@ class ReadyFlow:
     bytes: int
     arrays: dict[str, np.ndarray]  # the model's input arrays of this flow (ModelSpec.arrays)
     short: bool = False  # fewer packets than the model reads (timeout or end)
+    source: str | None = None  # the capture or interface it came from (None: the source's name)
+
+
+@dataclass
+class NextCapture:
+    """Yielded by a source that reads several captures in turn, before each one's packets: the
+    flows of the capture before end here (each capture is metered on its own, as `classify`
+    does), and the packets that follow are `name`'s."""
+
+    name: str
 
 
 class PacketSource(Protocol):
@@ -115,11 +125,15 @@ class PacketSource(Protocol):
 
 
 class FlowTable(Protocol):
+    """Packets in, ReadyFlows out. Optional: `flows_too_short` (flows not classified because
+    the model was never trained on flows that short) and `next_capture(name)`, called on a
+    NextCapture from the source, returning the flows that end with the capture before."""
+
     flows_seen: int  # flows started
     flows_evicted: int  # flows pushed out of a full table before being classified
     active_flows: int  # flows held now
 
-    def add(self, packets: list[Any]) -> list[ReadyFlow]: ...
+    def add(self, packets: Any) -> list[ReadyFlow]: ...
 
     def expire(self, now_ns: int) -> list[ReadyFlow]: ...
 
@@ -139,12 +153,19 @@ class ModelSpec:
 # -- sources ----------------------------------------------------------------------------------
 
 
+MAX_WIRE_LEN = 262144  # a longer "original length" in a capture record is corrupt
+
+
 def count_batch(batch: Any) -> tuple[int, int]:
     """(packets, bytes) of a batch: a list of (ts_ns, frame, linktype), or a parsed
-    PacketBatch of netmamba.capture (wire lengths, which a snap length does not cut)."""
+    PacketBatch of netmamba.capture (wire lengths, which a snap length does not cut; a
+    nonsense wire length of a damaged record counts as its captured length)."""
     records = getattr(batch, "packets", None)
     if records is not None and hasattr(records, "dtype"):
-        return len(records), int(records["wirelen"].sum())
+        wire = records["wirelen"]
+        if wire.size and int(wire.max()) > MAX_WIRE_LEN:
+            wire = np.where(wire > MAX_WIRE_LEN, records["caplen"], wire)
+        return len(records), int(wire.sum(dtype=np.int64))
     return len(batch), sum(len(p[1]) for p in batch)
 
 
@@ -260,6 +281,7 @@ class ServiceSummary:
     flows_classified: int
     flows_dropped: int
     flows_evicted: int
+    flows_too_short: int  # not classified: shorter than the model's training flows
     flows_lost: int  # handed to inference but never stored (must be 0)
     kernel_dropped: int
     batch_latencies_s: list[float] = field(default_factory=list)
@@ -430,7 +452,7 @@ class Service:
             records.append(
                 FlowRecord(
                     flow_id=f"{self._run_id}-{flow_id}",
-                    source=self.source.name,
+                    source=f.source or self.source.name,
                     protocol=f.protocol,
                     src_ip=f.src_ip,
                     src_port=f.src_port,
@@ -462,6 +484,7 @@ class Service:
         m = self.metrics
         m.flows_seen.set_total(self.table.flows_seen)
         m.flows_evicted.set_total(self.table.flows_evicted)
+        m.flows_too_short.set_total(getattr(self.table, "flows_too_short", 0))
         kernel = self.source.kernel_stats()
         if kernel is not None:
             m.kernel_received.set_total(kernel[0])
@@ -498,6 +521,11 @@ class Service:
                 break
             finally:
                 self._in_source = False
+            if isinstance(batch, NextCapture):
+                next_capture = getattr(self.table, "next_capture", None)
+                if next_capture is not None:
+                    self._submit(next_capture(batch.name))
+                continue
             if len(batch):
                 packets, nbytes = count_batch(batch)
                 m.packets.inc(packets)
@@ -554,18 +582,21 @@ class Service:
             self._submit(self.table.flush())
             self._update_counters()
             self.batcher.close()  # every queued flow's result is in the store's queue now
-            elapsed = time.monotonic() - started
             self.store.flush(None)
+            elapsed = time.monotonic() - started  # from the first packet to the last result stored
             self._done.set()
             self.metrics.sample()
             summary = self._summary(elapsed)
             log.info(
-                "done: %s packets (%.1f Mb/s), %s flows classified, %s dropped, %s evicted",
+                "done: %s packets (%.1f Mb/s) in %.1f s, %s flows classified, %s dropped, "
+                "%s evicted, %s too short to classify",
                 f"{summary.packets:,}",
                 summary.mbps,
+                summary.seconds,
                 f"{summary.flows_classified:,}",
                 f"{summary.flows_dropped:,}",
                 f"{summary.flows_evicted:,}",
+                f"{summary.flows_too_short:,}",
             )
             if self.http is not None and self.config.keep_serving and not self._stop.is_set():
                 log.info("still serving the results at %s; Ctrl-C to quit", self.http.url)
@@ -587,6 +618,7 @@ class Service:
             flows_classified=c["flows_classified"],
             flows_dropped=c["flows_dropped"],
             flows_evicted=c["flows_evicted"],
+            flows_too_short=c["flows_too_short"],
             flows_lost=self._lost + len(self._pending),
             kernel_dropped=c["kernel_dropped"],
             batch_latencies_s=list(self.batcher.stats.batch_latencies_s),
