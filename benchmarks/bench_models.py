@@ -3,12 +3,14 @@
     python benchmarks/bench_models.py                 # the issue's figures; last line is JSON
     python benchmarks/bench_models.py --fast-table    # candidates for the `fast` preset
 
-Measured in one run, side by side (timings on a shared machine are noisy, so every model is
+Measured in one run, side by side (timings on a shared machine are noisy, so our models are
 timed in each of several interleaved rounds and the best round counts):
 - inference flows/s of the `paper` NetMamba+ classifier, the `paper` NetTrans classifier and
   the same NetMamba+ shapes built on `mambapy` (the pure-PyTorch Mamba a CPU user would pick;
-  both its parallel and its sequential scan, the faster one counts), at batch 1, 64 and 256;
-- peak memory of one forward (a fresh subprocess per model and batch size);
+  both its parallel and its sequential scan, the faster one counts; each in its own process,
+  as its parallel scan holds batch x L x E x N tensors), at batch 1, 64 and 256;
+- peak memory of one forward (a fresh process per model and batch size);
+- the `fast` preset's flows/s at batch 256 on all threads and on one;
 - training samples/s of one pre-training step (forward, backward, AdamW);
 - the share of the forward spent in the selective scan, and the fraction of the machine's own
   matrix-multiply rate (measured here, same run) the model reaches for its multiply-accumulates.
@@ -17,11 +19,9 @@ timed in each of several interleaved rounds and the best round counts):
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -32,20 +32,13 @@ from torch import nn
 
 from netmamba.models import ModelConfig, build_classifier, build_pretrainer, native, random_batch
 from netmamba.models import mamba as mamba_module
+from netmamba.models.cpu import reduce_page_faults
 
 CLASSES = 10
 
 
-def reduce_page_faults() -> bool:
-    """Keep freed memory in the process (glibc: no mmap for big blocks, no trimming): each new
-    tensor of a forward otherwise costs fresh zeroed pages from the kernel. Applied to every
-    model alike. Returns whether it could be applied."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_max = -1, -4
-        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**30))
-    except (OSError, AttributeError):
-        return False
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 # ---- models ------------------------------------------------------------------------------
@@ -183,65 +176,87 @@ def time_train_step(config: ModelConfig, batch_size: int, rounds: int) -> float:
     return batch_size / best
 
 
-# ---- memory (a subprocess per measurement, so peaks do not mix) -------------------------------
+# ---- subprocess workers: peak memory of one forward, and the mambapy baseline ----------------
 
 
-def memory_worker(name: str, batch_size: int) -> None:
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def worker(name: str, batch_size: int, min_seconds: float) -> dict:
+    """One model and batch size in a fresh process: the peak resident memory during a forward
+    and above what the process held before it, and flows/s (the first forward after a warm-up at
+    batch 1, and more while under min_seconds)."""
+    paper = ModelConfig.preset("paper")
     model = build(name)
-    batch = random_batch(ModelConfig.preset("paper"), batch_size, torch.Generator().manual_seed(0))
+    batch = random_batch(paper, batch_size, torch.Generator().manual_seed(batch_size))
     with torch.inference_mode():
-        model(random_batch(ModelConfig.preset("paper"), 1))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with torch.inference_mode():
+        model(random_batch(paper, 1))  # lazy initialisation
+        before = _status_kb("VmRSS")
+        try:  # reset the peak-RSS mark (Linux >= 4.0)
+            with open("/proc/self/clear_refs", "w") as refs:
+                refs.write("5")
+        except OSError:
+            pass
+        start = time.perf_counter()
         model(batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": peak / 1024, "forward_mb": (peak - base) / 1024}))
+        best = spent = time.perf_counter() - start
+        peak = _status_kb("VmHWM")
+    while spent < min_seconds:
+        seconds = time_forward(model, batch, 0.0)
+        best, spent = min(best, seconds), spent + seconds
+    return {
+        "fps": batch_size / best,
+        "peak_rss_mb": round(peak / 1024),
+        "forward_mb": round((peak - before) / 1024),
+    }
 
 
-def measure_memory(name: str, batch_size: int, threads: int) -> dict | None:
-    cmd = [sys.executable, __file__, "--memory-worker", name, str(batch_size)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def run_worker(name: str, batch_size: int, args: argparse.Namespace) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, str(batch_size)]
+    cmd += ["--threads", str(args.threads), "--min-seconds", str(args.min_seconds)]
+    if not args.malloc_tuned:
+        cmd.append("--no-malloc-tuning")
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
         return json.loads(done.stdout.strip().splitlines()[-1])
-    except (subprocess.SubprocessError, json.JSONDecodeError, IndexError):
+    except (json.JSONDecodeError, IndexError):
+        log(f"worker {name} batch {batch_size} failed: {done.stderr[-800:]}")
         return None
 
 
-# ---- the issue's figures -----------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+# ---- the issue's figures -------------------------------------------------------------------
 
 
 def run_main(args: argparse.Namespace) -> dict:
     paper = ModelConfig.preset("paper")
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    names = ["netmamba", "nettrans"] + (
-        [] if args.skip_mambapy else ["mambapy_pscan", "mambapy_seq"]
-    )
+    b64 = 64 if 64 in sizes else sizes[-1]
+    names = ["netmamba", "nettrans"]
     models = {name: build(name) for name in names}
     batches = {b: random_batch(paper, b, torch.Generator().manual_seed(b)) for b in sizes}
+    fast_config = ModelConfig.preset("fast")
+    fast_model = build_classifier(fast_config, CLASSES).eval()
+    fast_batch = random_batch(fast_config, 256, torch.Generator().manual_seed(0))
     fps: dict[str, dict[int, float]] = {name: {} for name in names}
-    fast_model = build_classifier(ModelConfig.preset("fast"), CLASSES).eval()
-    fast_batch = random_batch(ModelConfig.preset("fast"), 256, torch.Generator().manual_seed(0))
     fast_fps: dict[str, float] = {}
     matmul_rate = 0.0
     for rnd in range(args.rounds):
         for b in sizes:
             for name, model in models.items():
-                if name.startswith("mambapy") and (rnd > 0 or (b > 64 and name == "mambapy_pscan")):
-                    continue  # one round of the slow baseline; its parallel scan at 256: ~20 GB
                 if rnd == 0:
                     time_forward(model, batches[b], 0.0)  # warm-up
                 seconds = time_forward(model, batches[b], args.min_seconds)
                 fps[name][b] = max(fps[name].get(b, 0.0), b / seconds)
-                log(f"round {rnd} batch {b:4d} {name:14s} {b / seconds:9.2f} flows/s")
+                log(f"round {rnd} batch {b:4d} {name:10s} {b / seconds:9.2f} flows/s")
         rate = time_matmul(64 * paper.n_tokens, paper.d_model, 2 * paper.d_inner)
         matmul_rate = max(matmul_rate, rate)
         log(f"round {rnd} matmul {rate / 1e9:.1f} GFLOP/s")
-        for threads in (args.threads, 1):  # the `fast` preset at batch 256
+        for threads in sorted({args.threads, 1}, reverse=True):
             torch.set_num_threads(threads)
             if rnd == 0:
                 time_forward(fast_model, fast_batch, 0.0)
@@ -251,39 +266,44 @@ def run_main(args: argparse.Namespace) -> dict:
             log(f"round {rnd} fast preset, {threads} thread(s): {256 / seconds:.0f} flows/s")
         torch.set_num_threads(args.threads)
 
-    b64 = 64 if 64 in sizes else sizes[-1]
     shares = kernel_shares(models["netmamba"], batches[b64], args.rounds)
-    flops = {n: matmul_flops(models[n], batches[b64]) / b64 for n in ("netmamba", "nettrans")}
-    netmamba_seconds_per_flow = 1.0 / fps["netmamba"][b64]
-    fraction = (flops["netmamba"] / matmul_rate) / netmamba_seconds_per_flow
-
+    flops = {n: matmul_flops(models[n], batches[b64]) / b64 for n in names}
+    fraction = (flops["netmamba"] / matmul_rate) * fps["netmamba"][b64]
     train = {
-        "netmamba": time_train_step(paper, args.train_batch, args.rounds),
-        "nettrans": time_train_step(
-            ModelConfig.preset("paper", backbone="transformer"), args.train_batch, args.rounds
-        ),
+        name: time_train_step(config, args.train_batch, args.rounds)
+        for name, config in (
+            ("netmamba", paper),
+            ("nettrans", ModelConfig.preset("paper", backbone="transformer")),
+        )
     }
-    mambapy_fps = {}
-    if not args.skip_mambapy:
+    log(f"training samples/s at batch {args.train_batch}: {train}")
+
+    # the baseline and the memory figures, each in a fresh process
+    baseline = [] if args.skip_mambapy else ["mambapy_seq", "mambapy_pscan"]
+    memory: dict[str, dict | None] = {}
+    for name in names + baseline:
+        if name not in baseline and args.no_memory:
+            continue
         for b in sizes:
-            mambapy_fps[b] = max(fps[n].get(b, 0.0) for n in ("mambapy_pscan", "mambapy_seq"))
+            if name == "mambapy_pscan" and b > 64:
+                continue  # its batch x L x E x N tensors: about 20 GB at batch 256
+            figures = run_worker(name, b, args)
+            log(f"{name} batch {b}: {figures}")
+            if figures is None:
+                continue
+            seconds_fps = figures.pop("fps")
+            memory[f"{name}_b{b}"] = figures
+            if name in baseline:
+                fps.setdefault(name, {})[b] = seconds_fps
+    mambapy_fps = {b: max(fps.get(n, {}).get(b, 0.0) for n in baseline) for b in sizes}
 
-    memory = {}
-    if not args.no_memory:
-        for name in names:
-            for b in sizes:
-                if name == "mambapy_pscan" and b > 64:
-                    continue
-                memory[f"{name}_b{b}"] = measure_memory(name, b, args.threads)
-                log(f"memory {name} b{b}: {memory[f'{name}_b{b}']}")
-
-    result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+    return {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
         "threads": args.threads,
         "malloc_tuned": args.malloc_tuned,
         "scan_impl": "native" if native.available() else "torch",
         "params": {n: n_params(models[n]) for n in names},
-        "fps": {n: {str(b): round(v, 2) for b, v in fps[n].items()} for n in names},
+        "fps": {n: {str(b): round(v, 2) for b, v in fps[n].items()} for n in fps},
         "peak_memory_mb": memory,
         "fast_preset_fps_b256": {k: round(v) for k, v in fast_fps.items()},
         f"train_samples_per_s_b{args.train_batch}": {k: round(v, 2) for k, v in train.items()},
@@ -294,13 +314,12 @@ def run_main(args: argparse.Namespace) -> dict:
         "nettrans_fps_b64": round(fps["nettrans"][b64], 2),
         "mambapy_fps_b64": round(mambapy_fps.get(b64, 0.0), 2),
         "speedup_vs_mambapy": round(fps["netmamba"][b64] / mambapy_fps[b64], 2)
-        if mambapy_fps
+        if mambapy_fps.get(b64)
         else None,
         "mamba_over_nettrans": round(fps["netmamba"][b64] / fps["nettrans"][b64], 2),
         "scan_share": round(shares.get("scan", 0.0), 3),
         "matmul_fraction": round(fraction, 3),
     }
-    return result
 
 
 # ---- candidates for the `fast` preset ------------------------------------------------------
@@ -374,15 +393,14 @@ def main() -> None:
     parser.add_argument("--no-malloc-tuning", dest="malloc_tuned", action="store_false")
     parser.add_argument("--fast-table", action="store_true", help="time `fast` candidates")
     parser.add_argument("--fast-batch", type=int, default=256)
-    parser.add_argument("--memory-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.memory_worker:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        memory_worker(args.memory_worker[0], int(args.memory_worker[1]))
-        return
     torch.set_num_threads(args.threads)
-    if args.malloc_tuned:
+    if args.malloc_tuned:  # every model alike; see netmamba.models.cpu
         args.malloc_tuned = reduce_page_faults()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.min_seconds)))
+        return
     result = run_fast_table(args) if args.fast_table else run_main(args)
     print(json.dumps(result))
 
