@@ -177,3 +177,28 @@ def test_an_existing_run_folder_is_not_reused_silently(toy, tmp_path):
     with pytest.raises(TrainError, match="not a run folder"):
         pretrain([toy], tmp_path / "other", config, progress=False, overwrite=True)
     assert (tmp_path / "other" / "notes.txt").exists()
+
+
+def test_metrics_go_to_tensorboard_when_it_is_installed(toy, tmp_path, monkeypatch):
+    import types
+
+    written = []
+
+    class SummaryWriter:  # stands in for torch.utils.tensorboard's
+        def __init__(self, log_dir, purge_step=None):
+            written.append(("open", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step))
+
+        def close(self):
+            written.append(("close",))
+
+    monkeypatch.setitem(
+        sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=SummaryWriter)
+    )
+    pretrain([toy], tmp_path / "run", pretrain_config(steps=2), progress=False)
+    assert written[0] == ("open", str(tmp_path / "run" / "tensorboard"), None)
+    assert ("train/loss", 1) in written and ("train/loss_bytes", 2) in written
+    assert ("epoch/train_loss", 2) in written
+    assert written[-1] == ("close",)

@@ -1,8 +1,12 @@
-"""Training: the fine-tuning losses, the optimiser with layer-wise lr decay and its schedule.
+"""Training: the fine-tuning losses, the optimiser with layer-wise lr decay and its schedule,
+the step-based loop (resume, DDP) and the pretrain / finetune entry points.
 
-The training loop (resume, DDP) and the pretrain / finetune entry points build on these.
+    pretrain(["data/corpus"], "runs/pre", PretrainConfig(preset="fast"))
+    finetune("data/iot", "runs/iot", FinetuneConfig(preset="fast"), init="runs/pre")
 """
 
+from netmamba.train.finetune import FinetuneConfig, FinetuneResult, finetune
+from netmamba.train.loop import TrainConfig
 from netmamba.train.loss import (
     CrossEntropyLoss,
     LDALoss,
@@ -20,19 +24,29 @@ from netmamba.train.optim import (
     param_groups,
     warmup_cosine_lr,
 )
+from netmamba.train.pretrain import PretrainConfig, PretrainResult, pretrain
+from netmamba.train.rundir import TrainError
 
 __all__ = [
     "CrossEntropyLoss",
+    "FinetuneConfig",
+    "FinetuneResult",
     "LDALoss",
     "LossConfig",
     "OptimConfig",
+    "PretrainConfig",
+    "PretrainResult",
+    "TrainConfig",
+    "TrainError",
     "WarmupCosineSchedule",
     "build_loss",
     "build_optimizer",
     "build_schedule",
     "class_balanced_weights",
     "effective_lr",
+    "finetune",
     "ldam_margins",
     "param_groups",
+    "pretrain",
     "warmup_cosine_lr",
 ]
