@@ -180,3 +180,51 @@ def test_bf16_autocast_and_gradient_clipping_run_and_are_logged(toy, tmp_path):
     rows = [r for r in read_metrics_log(tmp_path / "run") if r["kind"] == "train"]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+
+
+def authors_state(model):
+    """An encoder + head state dict under the names and shapes of the authors' fuse3 NetMamba+
+    checkpoint, written out by hand."""
+    short = {"sizes": "size", "iats": "iat", "bytes": "byte"}
+    out = {}
+    for name, t in model.state_dict().items():
+        if name == "encoder.byte_embed.weight":
+            out["byte_embed.proj.weight"] = t[:, None, :]  # Conv1d(1, D, L_s)
+        elif name == "encoder.byte_embed.bias":
+            out["byte_embed.proj.bias"] = t
+        elif name.startswith(("encoder.cls_tokens.", "encoder.indicators.")):
+            kind, modality = name.split(".")[1:]
+            suffix = "cls_token" if kind == "cls_tokens" else "indicator"
+            out[f"{short[modality]}_{suffix}"] = t.reshape(1, 1, -1)
+        elif name == "encoder.pos_embed":
+            out["pos_embed"] = t[None]
+        elif name.startswith("encoder.blocks."):
+            out["encoder_blocks." + name[len("encoder.blocks.") :]] = t
+        elif name == "encoder.norm.weight":
+            out["norm_f.weight"] = t
+        elif name.startswith("head."):
+            out[name] = t
+    return out
+
+
+def test_fine_tuning_starts_from_the_authors_checkpoint(toy, tmp_path):
+    config = ModelConfig.preset("fast", **toydata.TINY_MODEL)
+    torch.manual_seed(5)
+    theirs = build_classifier(config, 7)  # their own classes: the head is replaced
+    path = tmp_path / "fuse3_mamba.pth"
+    torch.save({"model": authors_state(theirs), "epoch": 9}, path)
+    # their tensors say D, depth, N, L_s and the token count, not how the bytes are split
+    geometry = {k: toydata.TINY_MODEL[k] for k in ("n_packets", "header_bytes", "payload_bytes")}
+    run = finetune(
+        toy, tmp_path / "run", settings(train__steps=1, model=geometry), init=path, progress=False
+    )
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["init"]["kind"] == "authors"
+    assert "mapped 31 of the checkpoint's tensors" in record["init"]["report"]
+    assert record["model"]["seq_len"] == 8  # read from their positional embeddings
+    ours = load_file(str(tmp_path / "run" / "last" / "model.safetensors"))
+    assert ours["head.weight"].shape == (3, 32)
+    # the one step is the first of the warm-up (lr 0): the encoder is still exactly theirs
+    start = theirs.state_dict()
+    assert all(torch.equal(ours[k], start[k]) for k in ours if k.startswith("encoder."))
+    assert run.metrics["init"]["source"] == str(path)

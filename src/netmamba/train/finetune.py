@@ -68,6 +68,19 @@ SELECT_METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
 # ModelConfig fields a fine-tuning run may change on a pre-trained model (the rest define the
 # encoder's weights and must stay as they were)
 TUNABLE = ("dropout", "drop_path", "fusion", "head_bias", "mask_padding")
+# fields of the authors' checkpoint its tensors do not fully determine (given in settings.model)
+AUTHORS_GEOMETRY = (
+    "n_packets",
+    "header_bytes",
+    "payload_bytes",
+    "seq_len",
+    "mtu",
+    "signed_sizes",
+    "size_offset",
+    "variant",
+    "patch_size",
+    "image_width",
+)
 
 
 def _finetune_train() -> TrainConfig:
@@ -157,8 +170,9 @@ def build_initial_model(
         return Init(build_classifier(mc, num_classes), "scratch", None, "trained from scratch")
     path = resolve_init_path(init)
     if path.is_file():
-        try:
-            imported = import_authors_checkpoint(path)
+        try:  # the geometry is read from the tensors; settings may name what they cannot say
+            geometry = {k: v for k, v in config.model.items() if k in AUTHORS_GEOMETRY}
+            imported = import_authors_checkpoint(path, **geometry)
         except CheckpointError as exc:
             raise TrainError(f"--from {init}: {exc}") from None
         mc = _tuned(imported.config, config.model, str(path))
