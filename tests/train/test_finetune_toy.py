@@ -80,6 +80,7 @@ def test_the_best_checkpoint_carries_labels_calibration_and_data_settings(run, t
     assert meta["data_features"] == manifest["config"]["features"]
     assert meta["flow"] == manifest["config"]["flow"]
     assert meta["debias"] == manifest["config"]["debias"]
+    assert meta["cleaning"] == manifest["config"]["cleaning"]
     assert meta["features"]["header_bytes"] == 32  # what the (cropping) model reads
     assert meta["finetune"]["select_metric"] == "macro_f1"
     assert meta["best"]["epoch"] == json.loads((run / "metrics.json").read_text())["best"]["epoch"]

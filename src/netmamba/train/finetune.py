@@ -438,6 +438,7 @@ def _finetune(
         "data_features": train_ds.feature_config.to_dict(),
         "flow": train_ds.config.flow.to_dict(),
         "debias": train_ds.config.debias.to_dict(),
+        "cleaning": train_ds.config.cleaning.to_dict(),  # min_packets: what classify scores
         "finetune": config.to_dict(),
         "init": {"kind": start.kind, "source": start.source, "report": start.report},
         "dataset": {
