@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="prepare processes (2)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per stage")
     parser.add_argument("--no-audit", action="store_true")
+    parser.add_argument("--also-ce", action="store_true", help="also fine-tune with plain CE")
     parser.add_argument("--reuse-data", action="store_true", help="keep prepared datasets")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars in logs")
     args = parser.parse_args(argv)
@@ -200,11 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             "--batch-size",
             str(min(budget["batch"], 64)),
         ]
-        if budget["max_steps"]:
-            epochs_steps = _steps_for(data / name, budget["epochs"], min(budget["batch"], 64))
-            if epochs_steps > budget["max_steps"]:
-                tune += ["--steps", str(budget["max_steps"])]
+        batch = min(budget["batch"], 64)
+        per_epoch = _steps_for(data / name, 1.0, batch)
+        epochs = budget["epochs"]
+        if budget["max_steps"] and epochs * per_epoch > budget["max_steps"]:
+            tune += ["--steps", str(budget["max_steps"])]
+            epochs = budget["max_steps"] / per_epoch
+        # warm-up: a tenth of the run, at most the recipe's 5 epochs (a step cap would
+        # otherwise leave most of a short run in warm-up)
+        tune += ["--warmup-epochs", f"{min(5.0, 0.1 * epochs):.3g}"]
         stages.run(f"finetune-{name}", tune)
+        if args.also_ce:  # the same run with plain cross-entropy (what LDA is worth here)
+            ce = [str(runs / f"{name}-ce") if a == str(run) else a for a in tune]
+            stages.run(f"finetune-{name}-ce", [*ce, "--loss", "ce", "--no-baseline"])
         stages.run(
             f"evaluate-{name}",
             ["evaluate", str(run), str(data / name), "-o", str(out / "eval" / name)],
@@ -259,6 +268,24 @@ def write_summary(out: Path, rows: list[dict], budget: dict, args, total: float)
             f"{_fmt(b.get('macro_f1'))} | {_fmt(b.get('weighted_f1'))} | "
             f"{m['best'].get('epoch')} of {m['epochs']} |"
         )
+    ce_rows = []
+    for name in ("ndpi", "iot"):
+        path = out / "runs" / f"{name}-ce" / "metrics.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            ce_rows.append(
+                f"| {name}, cross-entropy | {_fmt(m['accuracy'])} | {_fmt(m['macro_f1'])} | "
+                f"{_fmt(m['weighted_f1'])} | {m['best'].get('epoch')} of {m['epochs']} |"
+            )
+    if ce_rows:
+        lines += [
+            "",
+            "The same fine-tuning with plain cross-entropy instead of the LDA loss:",
+            "",
+            "| run | accuracy | macro F1 | weighted F1 | kept epoch |",
+            "|---|---:|---:|---:|---:|",
+            *ce_rows,
+        ]
     lines += ["", "## Evaluation extras", ""]
     for name in ("ndpi", "iot"):
         path = out / "eval" / name / "metrics.json"
