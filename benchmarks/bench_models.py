@@ -187,10 +187,8 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-def worker(name: str, batch_size: int, min_seconds: float) -> dict:
-    """One model and batch size in a fresh process: the peak resident memory during a forward
-    and above what the process held before it, and flows/s (the first forward after a warm-up at
-    batch 1, and more while under min_seconds)."""
+def worker(name: str, batch_size: int) -> dict:
+    """Peak resident memory during one forward, and above what the process held before it."""
     paper = ModelConfig.preset("paper")
     model = build(name)
     batch = random_batch(paper, batch_size, torch.Generator().manual_seed(batch_size))
@@ -202,30 +200,37 @@ def worker(name: str, batch_size: int, min_seconds: float) -> dict:
                 refs.write("5")
         except OSError:
             pass
-        start = time.perf_counter()
         model(batch)
-        best = spent = time.perf_counter() - start
         peak = _status_kb("VmHWM")
-    while spent < min_seconds:
-        seconds = time_forward(model, batch, 0.0)
-        best, spent = min(best, seconds), spent + seconds
-    return {
-        "fps": batch_size / best,
-        "peak_rss_mb": round(peak / 1024),
-        "forward_mb": round((peak - before) / 1024),
-    }
+    return {"peak_rss_mb": round(peak / 1024), "forward_mb": round((peak - before) / 1024)}
 
 
-def run_worker(name: str, batch_size: int, args: argparse.Namespace) -> dict | None:
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, str(batch_size)]
+def pair_worker(baseline: str, batch_size: int, rounds: int, min_seconds: float) -> dict:
+    """Our NetMamba+ and a mambapy build timed alternately in one process (the same load, the
+    same allocator state), best of `rounds` each."""
+    paper = ModelConfig.preset("paper")
+    ours, theirs = build("netmamba"), build(baseline)
+    batch = random_batch(paper, batch_size, torch.Generator().manual_seed(batch_size))
+    best = {"netmamba": float("inf"), baseline: float("inf")}
+    with torch.inference_mode():
+        ours(random_batch(paper, 1)), theirs(random_batch(paper, 1))  # lazy initialisation
+    for _ in range(rounds):
+        best["netmamba"] = min(best["netmamba"], time_forward(ours, batch, min_seconds))
+        best[baseline] = min(best[baseline], time_forward(theirs, batch, 0.0))
+    return {name: batch_size / seconds for name, seconds in best.items()}
+
+
+def run_worker(args: argparse.Namespace, *worker_args: str) -> dict | None:
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", *worker_args]
     cmd += ["--threads", str(args.threads), "--min-seconds", str(args.min_seconds)]
+    cmd += ["--rounds", str(args.baseline_rounds)]
     if not args.malloc_tuned:
         cmd.append("--no-malloc-tuning")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
-        log(f"worker {name} batch {batch_size} failed: {done.stderr[-800:]}")
+        log(f"worker {' '.join(worker_args)} failed: {done.stderr[-800:]}")
         return None
 
 
@@ -278,24 +283,27 @@ def run_main(args: argparse.Namespace) -> dict:
     }
     log(f"training samples/s at batch {args.train_batch}: {train}")
 
-    # the baseline and the memory figures, each in a fresh process
-    baseline = [] if args.skip_mambapy else ["mambapy_seq", "mambapy_pscan"]
+    # memory, and the mambapy baseline timed alongside ours, each in a fresh process
     memory: dict[str, dict | None] = {}
-    for name in names + baseline:
-        if name not in baseline and args.no_memory:
-            continue
-        for b in sizes:
-            if name == "mambapy_pscan" and b > 64:
-                continue  # its batch x L x E x N tensors: about 20 GB at batch 256
-            figures = run_worker(name, b, args)
-            log(f"{name} batch {b}: {figures}")
-            if figures is None:
-                continue
-            seconds_fps = figures.pop("fps")
-            memory[f"{name}_b{b}"] = figures
-            if name in baseline:
-                fps.setdefault(name, {})[b] = seconds_fps
-    mambapy_fps = {b: max(fps.get(n, {}).get(b, 0.0) for n in baseline) for b in sizes}
+    if not args.no_memory:
+        for name in names:
+            for b in sizes:
+                memory[f"{name}_b{b}"] = run_worker(args, "memory", name, str(b))
+                log(f"memory {name} batch {b}: {memory[f'{name}_b{b}']}")
+    pairs: dict[str, dict | None] = {}
+    baseline_sizes = [b for b in sizes if b <= 64]  # mambapy needs ~15-20 GB at batch 256
+    for baseline in [] if args.skip_mambapy else ["mambapy_seq", "mambapy_pscan"]:
+        for b in baseline_sizes:
+            pairs[f"{baseline}_b{b}"] = run_worker(args, "pair", baseline, str(b))
+            log(f"side by side, batch {b}: {pairs[f'{baseline}_b{b}']}")
+    speedup: dict[int, float] = {}
+    mambapy_fps: dict[int, float] = {}
+    for b in baseline_sizes:
+        runs = [p for k, p in pairs.items() if k.endswith(f"_b{b}") and p]
+        if runs:  # mambapy's faster mode, against ours timed in the same process
+            fastest = max(runs, key=lambda p: next(v for k, v in p.items() if k != "netmamba"))
+            mambapy_fps[b] = next(v for k, v in fastest.items() if k != "netmamba")
+            speedup[b] = fastest["netmamba"] / mambapy_fps[b]
 
     return {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}",
@@ -305,6 +313,8 @@ def run_main(args: argparse.Namespace) -> dict:
         "params": {n: n_params(models[n]) for n in names},
         "fps": {n: {str(b): round(v, 2) for b, v in fps[n].items()} for n in fps},
         "peak_memory_mb": memory,
+        "mambapy_side_by_side": pairs,
+        "mambapy_fps": {str(b): round(v, 2) for b, v in mambapy_fps.items()},
         "fast_preset_fps_b256": {k: round(v) for k, v in fast_fps.items()},
         f"train_samples_per_s_b{args.train_batch}": {k: round(v, 2) for k, v in train.items()},
         "matmul_gflops": round(matmul_rate / 1e9, 1),
@@ -313,9 +323,7 @@ def run_main(args: argparse.Namespace) -> dict:
         "netmamba_fps_b64": round(fps["netmamba"][b64], 2),
         "nettrans_fps_b64": round(fps["nettrans"][b64], 2),
         "mambapy_fps_b64": round(mambapy_fps.get(b64, 0.0), 2),
-        "speedup_vs_mambapy": round(fps["netmamba"][b64] / mambapy_fps[b64], 2)
-        if mambapy_fps.get(b64)
-        else None,
+        "speedup_vs_mambapy": round(speedup[b64], 2) if b64 in speedup else None,
         "mamba_over_nettrans": round(fps["netmamba"][b64] / fps["nettrans"][b64], 2),
         "scan_share": round(shares.get("scan", 0.0), 3),
         "matmul_fraction": round(fraction, 3),
@@ -393,13 +401,18 @@ def main() -> None:
     parser.add_argument("--no-malloc-tuning", dest="malloc_tuned", action="store_false")
     parser.add_argument("--fast-table", action="store_true", help="time `fast` candidates")
     parser.add_argument("--fast-batch", type=int, default=256)
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-rounds", type=int, default=2, help="mambapy timings")
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.malloc_tuned:  # every model alike; see netmamba.models.cpu
         args.malloc_tuned = reduce_page_faults()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.min_seconds)))
+        kind, name, batch_size = args.worker
+        if kind == "memory":
+            print(json.dumps(worker(name, int(batch_size))))
+        else:
+            print(json.dumps(pair_worker(name, int(batch_size), args.rounds, args.min_seconds)))
         return
     result = run_fast_table(args) if args.fast_table else run_main(args)
     print(json.dumps(result))

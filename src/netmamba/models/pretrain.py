@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from netmamba.models import inputs
+from netmamba.models.classifier import no_weight_decay
 from netmamba.models.config import ModelConfig
 from netmamba.models.encoder import Encoder, Segment, make_blocks, make_norm
 from netmamba.models.layers import init_linear
@@ -186,8 +187,7 @@ class Pretrainer(nn.Module):
         return losses
 
     def no_weight_decay(self) -> set[str]:
-        from netmamba.models.classifier import no_weight_decay
-
+        """Parameters exempt from weight decay (as Classifier.no_weight_decay)."""
         return no_weight_decay(self)
 
 
