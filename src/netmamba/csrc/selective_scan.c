@@ -127,7 +127,18 @@ static inline ALWAYS_INLINE v8sf max_v8sf(v8sf a, v8sf b) { /* compare + select 
 #define TARGET __attribute__((target("avx2,fma,tune=haswell")))
 #define VMAX(a, b) _mm256_max_ps(a, b)
 #define NAME(x) x##_f32_avx2
+
+/* The lane sums of v[0..7] as one vector: hadd tree, then the two 128-bit halves added. */
+static inline ALWAYS_INLINE TARGET v8sf reduce8_avx2(const v8sf *v) {
+    const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+#define REDUCE8(v) reduce8_avx2(v)
 #include "selective_scan_impl.h"
+#undef REDUCE8
 #undef NAME
 #undef TARGET
 #undef VMAX
