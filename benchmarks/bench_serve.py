@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Benchmarks of `netmamba serve`. Figures are printed; the last line is one JSON object.
 
-python benchmarks/bench_serve.py [CAPTURE_DIR] [--config fast|paper]
-    Replay captures as fast as possible through the whole service (reader, flow table,
-    batched inference with the default model, SQLite store) and report Mb/s, packets/s,
-    flows/s classified, batch latency p50/p99, drops, lost flows and peak memory.
-    (Part 2 of issue 6: needs the flow meter and the model; see `replay_benchmark`.)
+python benchmarks/bench_serve.py [CAPTURE_DIR] [--config default|fast|paper] [--check]
+    Replay every capture of CAPTURE_DIR (default ../shared/data/ndpi-4.2/pcap, or a generated
+    corpus when absent) as fast as possible through the whole service: reader, flow table
+    (the model's flow settings), batched inference in the worker, SQLite store. Reports Mb/s
+    (wire bytes), packets/s, flows/s classified, batch latency p50/p99 (oldest flow of a
+    batch queued -> its results back), drops, lost flows (seen, not too short, not stored)
+    and peak memory (this process + the largest child). The model is the built-in default
+    one, or until it exists a `fast` (or --config paper) classifier with random weights: the
+    cost of inference does not depend on the weights. --check also runs `netmamba classify`
+    on the same captures and reports the share of its labelled flows stored with its label.
 
 python benchmarks/bench_serve.py --capture-rate [--packets N]
     Live capture on a veth pair into a network namespace (needs root): how many packets
@@ -277,28 +282,198 @@ def peak_rss_mb() -> float:
     return (own + children) / 1024
 
 
-def replay_benchmark(capture_dir: Path | None, config_name: str) -> dict:
-    """TODO(part 2): the replay benchmark of issue 6.
+DATA = REPO.parent / "shared" / "data" / "ndpi-4.2" / "pcap"
+BENCH_LABELS = [f"class{i:02d}" for i in range(20)]
 
-    1. captures: every *.pcap / *.pcapng under `capture_dir` (../shared/data/ndpi-4.2/pcap by
-       default), or a generated corpus (tests/pcapgen.py) when absent;
-    2. source: `Replay(frames, speed=None)` over `netmamba.capture.open_capture(...)`;
-    3. flow table: the online flow table over `netmamba.flows` with the model's FeatureConfig;
-    4. model: the default checkpoint (or the `paper` configuration), its predict factory;
-    5. `Service(ServeConfig(http=False, overload="block"), ...).run()`; then report
-       mbps, pps, flows_per_s, latency p50/p99 (summary.batch_latencies_s), drops, lost flows
-       and peak_rss_mb(), and compare the flows stored with `netmamba classify`.
-    """
-    raise SystemExit(
-        "the replay benchmark needs the flow meter and the model (issue 6, part 2); "
-        "meanwhile: --capture-rate or --plumbing"
-    )
+
+def generated_corpus(folder: Path, files: int = 40) -> Path:
+    """Captures made with tests/pcapgen.py (TCP sessions of 3-40 packets, UDP exchanges),
+    for machines without ../shared/data."""
+    sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "serve")]
+    import servemodel
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        servemodel.write_traffic(
+            folder / f"gen{i:03d}.pcap",
+            n_sessions=200,
+            start_ns=servemodel.T0 + i * 10**12,
+            subnet=i % 250,
+        )
+    return folder
+
+
+def benchmark_checkpoint(folder: Path, config_name: str) -> Path:
+    """A classifier checkpoint of the `config_name` preset with random weights (the cost of
+    inference does not depend on the weights), with the paper's data settings."""
+    import torch
+
+    from netmamba.debias import DebiasConfig
+    from netmamba.evaluate.ood import UnknownDetector
+    from netmamba.features import FeatureConfig
+    from netmamba.flows import FlowConfig
+    from netmamba.models import ModelConfig, build_classifier
+    from netmamba.models.weights import save_checkpoint
+
+    torch.manual_seed(0)
+    config = ModelConfig.preset(config_name)
+    model = build_classifier(config, len(BENCH_LABELS))
+    extra = {
+        "label_names": BENCH_LABELS,
+        "logit_scale": 30.0,
+        "unknown_detector": UnknownDetector(temperature=1.5, threshold=2.5).to_dict(),
+        "features": config.feature_config().to_dict(),
+        "data_features": FeatureConfig().to_dict(),
+        "flow": FlowConfig().to_dict(),
+        "debias": DebiasConfig().to_dict(),
+    }
+    return save_checkpoint(folder, model, extra)
+
+
+def replay_benchmark(
+    capture_dir: Path | None,
+    config_name: str,
+    threads: int | None,
+    batch: int,
+    check: bool,
+    profile: bool = False,
+    chunk: int | None = None,
+) -> dict:
+    """The replay benchmark of issue 6: every capture of `capture_dir` replayed as fast as
+    possible through the whole service (reader, flow table, worker with the model, SQLite)."""
+    from netmamba.cli.serve import default_threads
+    from netmamba.serve.flowtable import FlowTableConfig, MeterFlowTable
+    from netmamba.serve.model import checkpoint_info, model_spec
+    from netmamba.serve.replay import CaptureFiles, Replay
+    from netmamba.serve.service import ModelSpec, ReplaySource, ServeConfig, Service
+    from netmamba.serve.sqlite_store import SQLiteStore
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    try:
+        if capture_dir is None:
+            capture_dir = DATA if DATA.is_dir() else generated_corpus(tmp / "corpus")
+        default = REPO / "src" / "netmamba" / "default_model"
+        if config_name == "default" and (default / "checkpoint.json").is_file():
+            model_path, model_note = default, "the built-in default model"
+        else:
+            preset = "fast" if config_name in ("default", "free") else config_name
+            model_path = benchmark_checkpoint(tmp / "model", preset)
+            model_note = f"a `{preset}` preset classifier with random weights"
+        info = checkpoint_info(str(model_path))
+        threads = threads or default_threads()
+        spec = model_spec(info, threads=threads, chunk=chunk)
+        if config_name == "free":  # the packet path's ceiling: a model that costs nothing
+            spec = ModelSpec("free", BENCH_LABELS[:10], info.array_spec(), free_predict_factory)
+            model_note = "none (a stand-in that costs nothing)"
+        table = MeterFlowTable(
+            info.flow,
+            info.data_features,
+            info.debias,
+            FlowTableConfig(ready_packets=info.ready_packets, min_packets=info.min_packets),
+        )
+        files = CaptureFiles(str(capture_dir))
+        source = ReplaySource(Replay(files), str(capture_dir))
+        config = ServeConfig(
+            store=str(tmp / "results.sqlite"),
+            http=False,
+            overload="block",
+            log_interval_s=0,
+            max_batch=batch,
+        )
+        service = Service(config, source, table, spec)
+        service.start()
+        cpu = time.process_time()
+        if profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            summary = profiler.runcall(service.run, install_signals=False)
+            stats = pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime")
+            stats.print_stats(25)
+        else:
+            summary = service.run(install_signals=False)
+        cpu = time.process_time() - cpu
+        with SQLiteStore(tmp / "results.sqlite") as store:
+            stored = store.count()
+        latencies = np.array(summary.batch_latencies_s or [0.0]) * 1000
+        result = {
+            "captures": str(capture_dir),
+            "model": model_note,
+            "config": config_name,
+            "threads": threads,
+            "max_batch": batch,
+            "chunk": chunk,
+            "seconds": round(summary.seconds, 3),
+            "packet_process_cpu_s": round(cpu, 2),
+            "worker_cpu_s": round(summary.worker_cpu_s, 2),
+            "packets": summary.packets,
+            "bytes": summary.bytes,
+            "flows_seen": summary.flows_seen,
+            "flows_classified": summary.flows_classified,
+            "flows_too_short": summary.flows_too_short,
+            "stored": stored,
+            "mean_batch": round(
+                summary.flows_classified / max(1, len(summary.batch_latencies_s)), 1
+            ),
+            "mbps": round(summary.mbps, 2),
+            "pps": round(summary.pps),
+            "flows_per_s": round(summary.flows_per_s, 1),
+            "latency_p50_ms": round(float(np.percentile(latencies, 50)), 2),
+            "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2),
+            "drops": summary.flows_dropped,
+            "lost_flows": max(
+                summary.flows_lost, summary.flows_seen - summary.flows_too_short - stored
+            ),
+        }
+        if check:
+            result["agree_with_classify"] = compare_with_classify(
+                capture_dir, model_path, tmp / "results.sqlite"
+            )
+        return result
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def compare_with_classify(capture_dir: Path, model: Path, results: Path) -> float:
+    """Share of `netmamba classify`'s labelled flows stored by the service with its label."""
+    import sqlite3
+
+    from netmamba.classify import classify_captures
+
+    flows = classify_captures([capture_dir], model=model).flows
+    flows = flows[flows["status"] == "ok"]
+    with sqlite3.connect(results) as db:
+        rows = db.execute(
+            "SELECT source, src_ip, src_port, dst_ip, dst_port, protocol, first_ts, label "
+            "FROM flows"
+        ).fetchall()
+    served = {(r[0], r[1], r[2], r[3], r[4], r[5], round(r[6], 5)): r[7] for r in rows}
+    first = flows["first_seen"].astype("int64") / 1e9
+    same = 0
+    for row, t in zip(flows.itertuples(), first, strict=True):
+        key = (row.capture, row.src_ip, row.src_port, row.dst_ip, row.dst_port, row.protocol)
+        same += served.get((*key, round(t, 5))) == row.label
+    return round(same / max(1, len(flows)), 4)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("capture_dir", nargs="?", type=Path, default=None)
-    parser.add_argument("--config", choices=("fast", "paper"), default="fast")
+    parser.add_argument(
+        "--config",
+        choices=("default", "fast", "paper", "free"),
+        default="default",
+        help="the built-in default model (a random `fast` one until it exists), a preset, or "
+        "free: a model that costs nothing (the packet path's ceiling)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="model threads")
+    parser.add_argument("--batch", type=int, default=256, help="flows per batch at most")
+    parser.add_argument(
+        "--check", action="store_true", help="also compare the labels with netmamba classify"
+    )
+    parser.add_argument("--profile", action="store_true", help="cProfile the packet thread")
+    parser.add_argument("--chunk", type=int, default=None, help="flows per model call")
     parser.add_argument("--capture-rate", action="store_true")
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -311,7 +486,15 @@ def main() -> int:
     elif args.plumbing:
         result = plumbing(args.flows)
     else:
-        result = replay_benchmark(args.capture_dir, args.config)
+        result = replay_benchmark(
+            args.capture_dir,
+            args.config,
+            args.threads,
+            args.batch,
+            args.check,
+            args.profile,
+            args.chunk,
+        )
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(result))
     return 0

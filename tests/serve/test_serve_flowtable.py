@@ -116,13 +116,16 @@ def test_a_full_table_evicts_the_least_recent_flow_which_is_classified(
     assert t.flows_evicted == 1
 
 
+@pytest.mark.parametrize("chunk", [1, 5, 100])
 @pytest.mark.parametrize("native_meter", METERS)
-def test_deadline_classifies_with_what_a_flow_has_and_only_once(native_meter: bool) -> None:
-    # 30 packets 10 ms apart; deadline 0.105 s: the packets at 0..100 ms are what it has
-    # (the deadline is checked after each batch: here one packet each).
+def test_deadline_classifies_with_what_a_flow_has_and_only_once(
+    native_meter: bool, chunk: int
+) -> None:
+    # 30 packets 10 ms apart; deadline 0.105 s: the packets at 0..100 ms are what it has,
+    # whatever the batches (cut where the deadline falls).
     t = table(native_meter, ready_packets=20, classify_within_s=0.105)
     packets = udp_packets(1000, 30, gap_s=0.01) + udp_packets(2000, 2, start_s=0.2)
-    out = feed(t, packets, chunk=1)
+    out = feed(t, packets, chunk=chunk)
     assert [f.src_port for f in out] == [1000]
     (due,) = out
     assert due.short and due.packets == 11 and due.bytes == ip_bytes(11)

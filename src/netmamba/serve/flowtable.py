@@ -10,8 +10,8 @@ A flow is handed over (as a `ReadyFlow` with its arrays) at the first of:
   of several), with what it has: `short` when that is fewer than ready_packets;
 - the deadline, when `classify_within_s` is set: a flow that old is classified with what it
   has, like the paper's fixed window (off by default, so replays give `netmamba classify`'s
-  flows and labels). It is checked after each batch of packets (a live batch spans a few
-  milliseconds) and when time passes without packets.
+  flows and labels). Batches are cut where deadlines fall, so such a flow has exactly its
+  packets up to then; a quiet link's deadlines pass on `expire`.
 
 Flows with fewer packets than the model's training flows had (`min_packets`, as `classify`
 decides) are counted as too short and not classified, unless `include_short`.
@@ -131,14 +131,29 @@ class MeterFlowTable:
     def add(self, packets: Any) -> list[ReadyFlow]:
         """Packets: a parsed PacketBatch (replays) or (ts_ns, frame, linktype)s (live)."""
         batch = packets if isinstance(packets, PacketBatch) else PacketBatch.from_frames(packets)
-        out = []
-        if self._deadline_ns is not None and len(batch):
-            out += self._due(int(batch.packets["ts_ns"][0]))  # before this batch's packets
-        self.meter.add(batch)
-        out += self._take(self.meter.pop_ready(), self.meter.pop_finished())
-        if self._deadline_ns is not None:
-            out += self._due(self.meter.clock)
-        return out
+        if self._deadline_ns is None:
+            self.meter.add(batch)
+            return self._take(self.meter.pop_ready(), self.meter.pop_finished())
+        return self._add_with_deadline(batch, self._deadline_ns)
+
+    def _add_with_deadline(self, batch: PacketBatch, deadline: int) -> list[ReadyFlow]:
+        """Add the batch in slices that no deadline falls inside: a slice ends before the
+        oldest open flow's deadline, and spans less than the deadline (a flow it starts is not
+        due within it), so each flow is handed over with exactly its packets up to then."""
+        out: list[ReadyFlow] = []
+        ts = np.maximum.accumulate(batch.packets["ts_ns"])  # capture order, time never back
+        start, n = 0, len(batch)
+        while start < n:
+            now = int(ts[start])
+            out += self._due(now)
+            limit = now + deadline
+            if self._opened:
+                limit = min(limit, next(iter(self._opened.values())).first_ns + deadline)
+            end = max(start + 1, int(np.searchsorted(ts, limit, side="left")))
+            self.meter.add(PacketBatch(batch.buf, batch.packets[start:end]))
+            out += self._take(self.meter.pop_ready(), self.meter.pop_finished())
+            start = end
+        return out + self._due(self.meter.clock)
 
     def expire(self, now_ns: int) -> list[ReadyFlow]:
         """Time passed without packets (a quiet link): idle flows end, deadlines pass."""

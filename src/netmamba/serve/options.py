@@ -84,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=int,
         metavar="N",
-        help="CPU threads of the model (default: all cores but one, which reads packets)",
+        help="CPU threads of the model (default: one per core)",
     )
     model.add_argument(
         "--include-short",

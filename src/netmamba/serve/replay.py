@@ -206,13 +206,11 @@ class CaptureFiles:
         self.captures_failed = 0
         if path == "-":
             self.paths = ["-"]
-        elif Path(path).is_dir():
-            found, _ = find_captures([path])
+        elif Path(path).exists():
+            found, _ = find_captures([path])  # names as `classify` gives them
             self.paths = [c.path for c in found]
             if not self.paths:
                 raise CaptureError(f"{path}: no pcap or pcapng captures in this folder")
-        elif Path(path).exists():
-            self.paths = [path]
         else:
             raise CaptureError(f"{path}: no such capture file or folder")
         self.folder = Path(path).is_dir() if path != "-" else False

@@ -285,6 +285,7 @@ class ServiceSummary:
     flows_lost: int  # handed to inference but never stored (must be 0)
     kernel_dropped: int
     batch_latencies_s: list[float] = field(default_factory=list)
+    worker_cpu_s: float = 0.0  # CPU time the inference worker used after loading the model
 
     @property
     def mbps(self) -> float:
@@ -622,6 +623,7 @@ class Service:
             flows_lost=self._lost + len(self._pending),
             kernel_dropped=c["kernel_dropped"],
             batch_latencies_s=list(self.batcher.stats.batch_latencies_s),
+            worker_cpu_s=self.batcher.stats.worker_cpu_s,
         )
 
     @property
