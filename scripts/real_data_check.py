@@ -310,7 +310,7 @@ def write_summary(out: Path, rows: list[dict], budget: dict, args, total: float)
         lines.append(
             f"- audit {name} (accuracy as trained {audit['rows'][0]['accuracy']:.4f}); "
             "largest drops: "
-            + ", ".join(f"{r['condition']} {-r['accuracy_drop']:+.4f}" for r in worst)
+            + ", ".join(f"{r['condition']} {0.0 - r['accuracy_drop'] + 0.0:+.4f}" for r in worst)
         )
     pre = out / "runs" / "pretrain" / "metrics.json"
     if pre.exists():
