@@ -8,7 +8,7 @@ produce them); A is (E, N); B and C are (batch, L, N); D and delta_bias are (E,)
 
 Implementations, chosen by `impl` (or the NETMAMBA_SCAN environment variable):
 - "native": the C kernel of `csrc/selective_scan.c` (forward and backward, float32/float64,
-  all cores, bias/softplus/mask/gate fused), the default on CPU. It never stores the
+  on torch's threads, bias/softplus/mask/gate fused), the default on CPU. It never stores the
   batch x L x E x N tensor; see that file for why it is fast.
 - "cuda": the `mamba_ssm` CUDA kernels, the default for GPU tensors when it is installed.
 - "torch": a PyTorch fallback (chunks of positions, a Python loop inside each chunk), used when
