@@ -107,10 +107,10 @@ def byte_token_valid(config: ModelConfig, batch: dict[str, torch.Tensor]) -> tor
     header_lens, payload_lens = batch["header_lens"], batch["payload_lens"]  # (B, M_b)
     position = torch.arange(config.packet_bytes, device=header_lens.device)  # (N_h + N_p,)
     in_header = position < config.header_bytes
-    real = torch.where(
-        in_header,
-        position < header_lens[..., None],
-        (position - config.header_bytes) < payload_lens[..., None],
+    # and/or rather than torch.where: the same values, and exportable (ONNX Runtime has no
+    # Where over booleans)
+    real = (in_header & (position < header_lens[..., None])) | (
+        ~in_header & ((position - config.header_bytes) < payload_lens[..., None])
     )  # (B, M_b, N_h + N_p)
     real = _select_fields(config, real.reshape(real.shape[0], -1))
     return _tokens(config, real).any(dim=-1)
