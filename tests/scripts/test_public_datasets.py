@@ -48,7 +48,8 @@ def test_ustc_tfc2016_classes_are_files_or_folders(tmp_path):
     assert rows == {
         "Benign/Gmail.pcap": "Gmail",
         "Benign/SMB": "SMB",
-        "Malware/Nsis-ay.pcap": "Nsis",
+        "Benign/Weibo-2.pcap": "Weibo",
+        "Malware/Nsis-ay.pcap": "Nsis-ay",
     }
 
 
