@@ -120,3 +120,17 @@ def traffic(n_sessions: int = 12, start_ns: int = T0, subnet: int = 1) -> list:
 
 def write_traffic(path: Path, **kw: object) -> Path:
     return pcapgen.write_pcap(path, traffic(**kw), pcapgen.LINKTYPE_ETHERNET)
+
+
+def slowed(factory, delay_s: float):  # type: ignore[no-untyped-def]
+    """The model of `factory`, `delay_s` slower per batch (a picklable factory for the worker):
+    inference that a replay easily outruns."""
+    import time
+
+    predict = factory()
+
+    def slow_predict(arrays):  # type: ignore[no-untyped-def]
+        time.sleep(delay_s)
+        return predict(arrays)
+
+    return slow_predict

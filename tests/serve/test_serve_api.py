@@ -233,7 +233,23 @@ def test_openapi_describes_the_api(client: TestClient) -> None:
     params = {p["name"] for p in spec["paths"]["/api/flows"]["get"]["parameters"]}
     assert {"label", "address", "port", "protocol", "unknown", "since", "until", "limit"} <= params
     assert "Flow" in spec["components"]["schemas"]
-    assert client.get("/docs").status_code == 200
+
+
+def test_docs_page_lists_every_operation_without_the_internet(client: TestClient) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.text.startswith("<!doctype html>")
+    assert "http://" not in page.text and "https://" not in page.text  # no CDN script
+    assert "<script" not in page.text
+    spec = client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method in operations:
+            assert f'<section id="{method}{path}">' in page.text
+    # /api/flows' parameters with their types and limits, as the description gives them
+    assert "<td><code>limit</code></td><td>integer (minimum 1, maximum 1000) = 100</td>" in (
+        page.text
+    )
+    assert "<td><code>time</code></td><td>one of classified, flow = classified</td>" in page.text
+    assert client.get("/redoc").status_code == 404
 
 
 def test_dashboard_page_needs_nothing_from_the_internet(client: TestClient) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -158,3 +160,21 @@ def test_worker_ignores_ctrl_c_and_close_delivers_everything() -> None:
     os.kill(batcher._process.pid, signal.SIGINT)  # what Ctrl-C sends the process group
     batcher.close()
     assert sorted(got.by_id) == list(range(400))
+
+
+def test_a_worker_never_closed_does_not_keep_python_from_exiting() -> None:
+    # The worker ignores SIGTERM (the parent decides when it stops); an exit without close()
+    # must still end, not wait for it forever.
+    code = (
+        "from servehelpers import make_summing, SPEC\n"
+        "from netmamba.serve.batcher import Batcher\n"
+        "if __name__ == '__main__':\n"
+        "    Batcher(make_summing, SPEC).start()\n"
+        "    print('started', flush=True)\n"
+    )
+    here = str(Path(__file__).parent)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": here + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout == "started\n", proc.stderr

@@ -6,7 +6,6 @@ dumps the resulting DOM, then takes a screenshot kept under test-artifacts/ for 
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import subprocess
@@ -16,11 +15,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servehelpers import LABELS, SPEC, KeyedFlowTable, make_label_predict, packet, record
+import servemodel
+from servehelpers import record
 
-from netmamba.serve.replay import Replay
-from netmamba.serve.service import ModelSpec, ReplaySource, ServeConfig, Service
+from netmamba.serve.flowtable import FlowTableConfig, MeterFlowTable
+from netmamba.serve.model import checkpoint_info, model_spec
+from netmamba.serve.replay import CaptureFiles, Replay
+from netmamba.serve.service import ReplaySource, ServeConfig, Service
 from netmamba.serve.store import open_store
+
+LABELS = servemodel.LABELS
 
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
@@ -54,7 +58,8 @@ def history(now: float) -> list:  # type: ignore[type-arg]
     out, n = [], 0
     for k in range(14 * 12):  # every 5 s
         t = now - 14 * 60 + k * 5
-        mix = {"web": 3 + k % 3, "dns": 2, "voip": 4 if (k // 24) % 2 else 0, "chat": k % 2}
+        mix = {"web": 3 + k % 3, "mail": 2, "voip": 4 if (k // 24) % 2 else 0, "chat": k % 2,
+               "video": 1, "game": k % 3 == 0}  # fmt: skip
         for label, count in mix.items():
             for _ in range(count):
                 n += 1
@@ -69,11 +74,15 @@ def test_dashboard_shows_the_flows_of_a_replay(tmp_path: Path, artifacts_dir: Pa
     db = tmp_path / "results.sqlite"
     with open_store(str(db)) as store:
         store.add(history(time.time()))
-    packets = [packet(f, 1_700_000_000_000_000_000 + (r * 40 + f) * 10**6) for r in range(3)
-               for f in range(40)]  # fmt: skip
+    # A real replay: a capture through the flow table and the model (in its worker).
+    capture = servemodel.write_traffic(tmp_path / "replay.pcap", n_sessions=9)
+    info = checkpoint_info(servemodel.make_checkpoint(tmp_path / "model"))
+    table = MeterFlowTable(
+        info.flow, info.data_features, info.debias, FlowTableConfig(info.ready_packets)
+    )
+    source = ReplaySource(Replay(CaptureFiles(str(capture))), str(capture))
     config = ServeConfig(store=str(db), port=0, log_interval_s=0, keep_serving=True)
-    model = ModelSpec("stand-in", LABELS, SPEC, functools.partial(make_label_predict))
-    service = Service(config, ReplaySource(Replay(packets), "replay.pcap"), KeyedFlowTable(), model)
+    service = Service(config, source, table, model_spec(info, threads=1))
     service.start()
     runner = threading.Thread(target=service.run, kwargs={"install_signals": False})
     runner.start()
@@ -83,8 +92,8 @@ def test_dashboard_shows_the_flows_of_a_replay(tmp_path: Path, artifacts_dir: Pa
         assert service.http is not None
         url = service.http.url
         api = httpx.get(url + "api/flows", params={"limit": 50}).json()["flows"]
-        replayed = [f for f in api if f["source"] == "replay.pcap"]
-        assert len(replayed) == 40
+        replayed = [f for f in api if f["source"] == str(capture)]
+        assert len(replayed) == service.metrics.counters()["flows_classified"] > 30
 
         dom = chromium(tmp_path / "p1", "--virtual-time-budget=10000", "--dump-dom", url)
         assert dom.returncode == 0, dom.stderr[-2000:]
@@ -93,7 +102,7 @@ def test_dashboard_shows_the_flows_of_a_replay(tmp_path: Path, artifacts_dir: Pa
         assert rows == [(f["flow_id"], f["label"]) for f in api]
         assert {fid for fid, _ in rows} >= {f["flow_id"] for f in replayed}
         assert 'data-flows-shown="50"' in dom.stdout
-        assert re.search(r'id="model">stand-in<', dom.stdout)
+        assert f'id="model">{tmp_path / "model"}<' in dom.stdout  # the model as named
         assert re.search(r'id="status" class="pill ok"', dom.stdout)
         legend = re.findall(r'<li><span class="sw"[^>]*></span><span>([^<]+)</span>', dom.stdout)
         assert set(legend) >= set(LABELS)  # the share chart's legend: every label present

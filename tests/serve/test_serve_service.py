@@ -162,6 +162,18 @@ def test_port_in_use_is_a_clear_error() -> None:
             HttpServer(object(), "127.0.0.1", port)
 
 
+def test_port_in_use_at_start_leaves_no_worker_behind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = config(tmp_path, http=True, port=taken.getsockname()[1])
+        source = ReplaySource(Replay(capture(1)), "x.pcap")
+        service = Service(cfg, source, KeyedFlowTable(), model())
+        with pytest.raises(ServeError, match="another process uses this port"):
+            service.run()
+    assert service.batcher._process is not None and not service.batcher._process.is_alive()
+
+
 def test_model_that_cannot_load_is_a_clear_error(tmp_path: Path) -> None:
     from servehelpers import make_nothing
 

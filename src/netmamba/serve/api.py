@@ -8,7 +8,8 @@
     GET /api/throughput   packets/s, Mb/s and flows/s, one point a second
     GET /api/health       status, model, source, counters, store; 503 when degraded
     GET /metrics          Prometheus text format
-    GET /openapi.json     this API described; /docs renders it
+    GET /openapi.json     this API described (the reference)
+    GET /docs             the same as a page of its own (no CDN: works on offline servers)
 
 Malformed parameters get a 400 or 422 answer that names the parameter; a store that cannot
 answer gives 503. Times are seconds since the epoch, ISO 8601 ("2026-05-01T12:00:00Z"), "now",
@@ -200,7 +201,10 @@ def create_app(
     app = FastAPI(
         title="netmamba serve",
         version=__version__,
-        description="Flows classified by a NetMamba+ model as they cross a link.",
+        description="Flows classified by a NetMamba+ model as they cross a link. The reference "
+        "is /openapi.json; /docs shows it as a page that needs no internet access.",
+        docs_url=None,  # FastAPI's pages load their scripts from a CDN: blank offline
+        redoc_url=None,
     )
 
     @app.exception_handler(StoreError)
@@ -331,12 +335,78 @@ def create_app(
         }
         return JSONResponse(body, status_code=503 if problems else 200)
 
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    def docs() -> str:
+        return api_page(app.openapi())
+
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
     def prometheus() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(), media_type=CONTENT_TYPE)
 
     app.state.store, app.state.metrics = store, metrics
     return app
+
+
+def _schema_text(schema: dict[str, Any]) -> str:
+    """A parameter's type in a few words: "integer", "string or null", "one of a, b"."""
+    if "enum" in schema:
+        return "one of " + ", ".join(str(v) for v in schema["enum"])
+    if "anyOf" in schema:
+        return " or ".join(_schema_text(s) for s in schema["anyOf"])
+    text = str(schema.get("type", "any"))
+    bounds = [f"{k} {schema[k]}" for k in ("minimum", "maximum", "maxLength") if k in schema]
+    return text + (f" ({', '.join(bounds)})" if bounds else "")
+
+
+def api_page(spec: dict[str, Any]) -> str:
+    """The OpenAPI description as one self-contained HTML page: each operation with its
+    parameters (type, default, description) and answers."""
+    from html import escape
+
+    rows = []
+    for path, operations in spec.get("paths", {}).items():
+        for method, op in operations.items():
+            params = []
+            for p in op.get("parameters", []):
+                schema = p.get("schema", {})
+                default = f" = {schema['default']}" if "default" in schema else ""
+                params.append(
+                    f"<tr><td><code>{escape(p['name'])}</code></td>"
+                    f"<td>{escape(_schema_text(schema))}{escape(default)}</td>"
+                    f"<td>{escape(p.get('description') or schema.get('description') or '')}</td>"
+                    "</tr>"
+                )
+            answers = ", ".join(
+                f"{code} {escape(r.get('description', ''))}"
+                for code, r in op.get("responses", {}).items()
+            )
+            table = (
+                "<table><tr><th>parameter</th><th>type</th><th>meaning</th></tr>"
+                + "".join(params)
+                + "</table>"
+                if params
+                else ""
+            )
+            rows.append(
+                f'<section id="{escape(method + path)}"><h2><span>{method.upper()}</span> '
+                f"<code>{escape(path)}</code> {escape(op.get('summary', ''))}</h2>"
+                f"{table}<p>answers: {answers}</p></section>"
+            )
+    info = spec.get("info", {})
+    return (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>"
+        f"{escape(info.get('title', 'API'))} API</title><style>"
+        "body{font:14px/1.45 system-ui,sans-serif;max-width:980px;margin:24px auto;padding:0 16px}"
+        "h2{font-size:16px;border-bottom:1px solid #ccc;padding-bottom:4px}"
+        "h2 span{background:#0f8a83;color:#fff;border-radius:4px;padding:1px 6px;font-size:12px}"
+        "table{border-collapse:collapse;width:100%}td,th{border:1px solid #ddd;padding:3px 6px;"
+        "text-align:left;vertical-align:top}code{font-family:ui-monospace,monospace}</style>"
+        f"</head><body><h1>{escape(info.get('title', ''))} {escape(info.get('version', ''))}</h1>"
+        f"<p>{escape(info.get('description', ''))} "
+        '<a href="openapi.json">openapi.json</a> · <a href="./">dashboard</a></p>'
+        + "".join(rows)
+        + "</body></html>"
+    )
 
 
 def _nice_bucket(seconds: float) -> float:

@@ -28,10 +28,12 @@ module-level function or a functools.partial of one), because the worker is a fr
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import math
 import multiprocessing as mp
+import multiprocessing.util  # registers its exit handler now, so that ours runs before it
 import os
 import queue
 import select
@@ -40,6 +42,7 @@ import struct
 import threading
 import time
 import traceback
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +56,20 @@ PredictFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 ArraySpec = Mapping[str, tuple[tuple[int, ...], Any]]  # name -> (shape of one flow, dtype)
 
 _ALIGN = 64
+
+
+# Workers still running when the interpreter exits (a caller that never closed its batcher):
+# they ignore SIGTERM (see _worker_main), which multiprocessing's own exit handler sends before
+# waiting for them, so they are killed here first (atexit runs handlers last registered first).
+_RUNNING: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_running_workers() -> None:
+    for process in list(_RUNNING):
+        if process.is_alive():
+            process.kill()
+            process.join(5)
 
 
 class BatcherError(RuntimeError):
@@ -275,6 +292,7 @@ class Batcher:
             daemon=True,
         )
         self._process.start()
+        _RUNNING.add(self._process)
         filled_r.close()  # the worker holds its own copies of these ends
         free_w.close()
         deadline = time.monotonic() + self._start_timeout_s

@@ -153,14 +153,14 @@ def distinct_rows(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return first, inverse.ravel()
 
 
-CHUNK_ACTIVATIONS = 425_000  # tokens x inner width per model call: about a core's L2 cache
+CHUNK_ACTIVATIONS = 680_000  # tokens x inner width per model call: about a core's L2 cache
 
 
 def model_chunk(n_tokens: int, d_inner: int) -> int:
-    """Flows per model call. The activations of a call should fit a core's cache: on the
-    2-core EPYC of the benchmarks the `fast` model (83 tokens, E = 128) computes 1.45x the
-    flows/s in calls of 40 flows than of 256, the `paper` one (443 tokens, E = 512) 1.8x in
-    calls of 4. Calls of 40 and 4 flows are what this gives for them."""
+    """Flows per model call. The activations of a call should stay in a core's cache: on the
+    2-core EPYC of the benchmarks, the `fast` model (83 tokens, E = 128) computed 1.1x to
+    1.45x the flows/s (depending on the other load) in calls of 40 to 96 flows than in calls
+    of 256, the `paper` one (443 tokens, E = 512) 1.8x in calls of 4. This gives 64 and 4."""
     return max(4, min(256, round(CHUNK_ACTIVATIONS / (n_tokens * d_inner))))
 
 

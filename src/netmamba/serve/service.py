@@ -557,7 +557,14 @@ class Service:
             self.config.max_wait_ms,
         )
         if self.config.http:
-            self.http = HttpServer(self.create_app(), self.config.host, self.config.port).start()
+            try:
+                self.http = HttpServer(self.create_app(), self.config.host, self.config.port)
+                self.http.start()
+            except BaseException:
+                self.batcher.kill()  # nothing was submitted: no results to wait for
+                if self._own_store:
+                    self.store.close()
+                raise
             log.info(
                 "dashboard at %s (API: %sapi/flows, metrics: %smetrics)",
                 self.http.url,
