@@ -60,8 +60,8 @@ class Flow(BaseModel):
     dst_port: int
     first_ts: float = Field(description="first packet, seconds since the epoch")
     last_ts: float
-    packets: int
-    bytes: int
+    packets: int = Field(description="packets counted when the flow was classified")
+    bytes: int = Field(description="their IP bytes")
     label: str
     confidence: float
     top: list[TopClass]

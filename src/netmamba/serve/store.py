@@ -49,8 +49,8 @@ class FlowRecord:
     dst_port: int
     first_ts: float  # capture time of the first packet, seconds since the epoch
     last_ts: float  # capture time of the last packet counted
-    packets: int
-    bytes: int
+    packets: int  # counted when it was classified (a flow classified as soon as it had the
+    bytes: int  # packets the model reads may go on: later packets are not added)
     label: str  # the most probable class
     confidence: float  # its probability
     top: list[tuple[str, float]] = field(default_factory=list)  # the 3 best (label, probability)
