@@ -128,3 +128,26 @@ def test_the_workers_predict_equals_the_predictor_however_it_splits_the_batch(
         got = load_predict(str(model), threads, chunk)(batch)
         np.testing.assert_allclose(got["probs"], expected["probs"], atol=TOLERANCE)
         np.testing.assert_array_equal(got["unknown"], expected["unknown"])
+
+
+def test_redis_mode_stores_the_same_flows(tmp_path: Path, redis_url: str) -> None:
+    from netmamba.serve.redis_store import RedisStore
+
+    model = servemodel.make_checkpoint(tmp_path / "model", min_packets=2)
+    capture = servemodel.write_traffic(tmp_path / "t.pcap", n_sessions=6)
+    info = checkpoint_info(str(model))
+    table = MeterFlowTable(info.flow, info.data_features, info.debias,
+                           FlowTableConfig(info.ready_packets, info.min_packets))  # fmt: skip
+    source = ReplaySource(Replay(CaptureFiles(str(capture))), str(capture))
+    config = ServeConfig(store=redis_url, http=False, log_interval_s=0)
+    summary = Service(config, source, table, model_spec(info, threads=1)).run()
+    with RedisStore(redis_url) as store:
+        records = store.query(FlowQuery(source=str(capture), limit=1000)).flows
+    expected = classify_captures([capture], model=model).flows
+    ok = expected[expected["status"] == "ok"]
+    stored = by_flow(records)
+    assert len(stored) == len(ok) == summary.flows_classified > 10
+    for row in ok.itertuples():
+        r = stored[key(row.capture, row.src_ip, row.src_port, row.dst_ip, row.dst_port,
+                       row.protocol, row.first_seen.value / 1e9)]  # fmt: skip
+        assert r.confidence == pytest.approx(row.confidence, abs=TOLERANCE)

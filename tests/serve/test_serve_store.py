@@ -211,3 +211,21 @@ def test_unreachable_redis_is_a_clear_error(tmp_path: Path) -> None:
     pytest.importorskip("redis")
     with pytest.raises(StoreError, match=r"cannot use Redis at unix://.*nothing.sock"):
         open_store(f"unix://{tmp_path}/nothing.sock")
+
+
+@pytest.mark.parametrize(
+    "top",
+    [
+        [("web", 0.123456789), ('say "hi"\\', 1e-7), ("é中", 1.0)],
+        [("a", 2.5e-05), ("b", 0.3333333333), ("c", 0.0)],
+        [],
+        [("nan", float("nan"))],
+    ],
+)
+def test_top_classes_are_written_as_json_dumps_writes_them(top: list) -> None:
+    import json
+
+    from netmamba.serve.store import top_to_json
+
+    expected = json.dumps([[label, round(p, 6)] for label, p in top], separators=(",", ":"))
+    assert top_to_json(top) == expected

@@ -17,6 +17,7 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -335,8 +336,21 @@ class ResultStore(ABC):
         }
 
 
+@functools.lru_cache(maxsize=4096)
+def _json_string(text: str) -> str:
+    return json.dumps(text)
+
+
 def top_to_json(top: list[tuple[str, float]]) -> str:
-    return json.dumps([[label, round(p, 6)] for label, p in top], separators=(",", ":"))
+    """[[label, p], ...] as compact JSON, p rounded to 6 digits: the text json.dumps gives,
+    in half its time (a label's quoting is looked up, a float's repr is JSON's)."""
+    parts = []
+    for label, p in top:
+        p = round(p, 6)
+        if not math.isfinite(p):
+            return json.dumps([[lb, round(q, 6)] for lb, q in top], separators=(",", ":"))
+        parts.append(f"[{_json_string(label)},{p!r}]")
+    return "[" + ",".join(parts) + "]"
 
 
 def top_from_json(text: str) -> list[tuple[str, float]]:
