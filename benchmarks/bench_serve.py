@@ -338,6 +338,7 @@ def replay_benchmark(
     check: bool,
     profile: bool = False,
     chunk: int | None = None,
+    queue: int = 4096,
 ) -> dict:
     """The replay benchmark of issue 6: every capture of `capture_dir` replayed as fast as
     possible through the whole service (reader, flow table, worker with the model, SQLite)."""
@@ -379,6 +380,7 @@ def replay_benchmark(
             overload="block",
             log_interval_s=0,
             max_batch=batch,
+            queue_flows=queue,
         )
         service = Service(config, source, table, spec)
         service.start()
@@ -404,6 +406,7 @@ def replay_benchmark(
             "threads": threads,
             "max_batch": batch,
             "chunk": chunk,
+            "queue": queue,
             "seconds": round(summary.seconds, 3),
             "packet_process_cpu_s": round(cpu, 2),
             "worker_cpu_s": round(summary.worker_cpu_s, 2),
@@ -474,6 +477,7 @@ def main() -> int:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the packet thread")
     parser.add_argument("--chunk", type=int, default=None, help="flows per model call")
+    parser.add_argument("--queue", type=int, default=4096, help="ready flows queued at most")
     parser.add_argument("--capture-rate", action="store_true")
     parser.add_argument("--packets", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -494,6 +498,7 @@ def main() -> int:
             args.check,
             args.profile,
             args.chunk,
+            args.queue,
         )
     result["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(result))

@@ -153,14 +153,15 @@ def distinct_rows(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray
     return first, inverse.ravel()
 
 
-CHUNK_ACTIVATIONS = 680_000  # tokens x inner width per model call: about a core's L2 cache
+CHUNK_ACTIVATIONS = 680_000  # tokens x inner width per model call
 
 
 def model_chunk(n_tokens: int, d_inner: int) -> int:
-    """Flows per model call. The activations of a call should stay in a core's cache: on the
-    2-core EPYC of the benchmarks, the `fast` model (83 tokens, E = 128) computed 1.1x to
-    1.45x the flows/s (depending on the other load) in calls of 40 to 96 flows than in calls
-    of 256, the `paper` one (443 tokens, E = 512) 1.8x in calls of 4. This gives 64 and 4."""
+    """Flows per model call: small calls keep more of their activations in cache. Measured on
+    the 2-core EPYC of the benchmarks, one thread, machine otherwise idle: the `fast` model
+    (83 tokens, E = 128) computed 1,742 flows/s in calls of 48 flows and 1,195 in calls of
+    256; the `paper` one (443 tokens, E = 512) 36 in calls of 4 and 20 in calls of 256 (under
+    load from other processes the difference shrinks into the noise). This gives 64 and 4."""
     return max(4, min(256, round(CHUNK_ACTIVATIONS / (n_tokens * d_inner))))
 
 
@@ -173,10 +174,12 @@ def load_predict(
     Why it is fast on a CPU:
     - identical flows of a batch are computed once: after de-biasing many short flows are the
       same bytes (a SYN to a closed port, a retried query: a fifth of the nDPI captures' flows);
-    - the batch is cut into calls of `chunk` flows (`model_chunk`: activations that stay in
-      cache), run by `threads` threads of their own, each a single-threaded model call, rather
-      than every operation split over an OpenMP team: no barrier per operation, so a thread
-      that loses its core to the packet process delays one call, not every step of all of them.
+    - the batch is cut into calls of `chunk` flows (`model_chunk`), run by `threads` threads
+      of their own, each a single-threaded model call, rather than every operation split over
+      an OpenMP team: no barrier per operation, so a thread that loses its core to the packet
+      process delays one call, not every step of all of them (measured with other processes
+      running: a spinning OpenMP team of 2 computed 50 to 280 flows/s where one thread
+      computed 700 to 900).
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads its OpenMP runtime
     import torch
