@@ -101,6 +101,7 @@ def test_flow_filters(client: TestClient, params: str, expected: list[str]) -> N
         ("address=10.0.0.256", 400, "address"),
         ("protocol=pigeon", 400, "protocol='pigeon': expected tcp, udp"),
         ("protocol=300", 400, "protocol"),
+        ("protocol=¹", 400, "protocol='¹': expected tcp, udp"),  # a digit to isdigit(), not int()
         ("since=last tuesday", 400, "since='last tuesday': expected seconds since the epoch"),
         ("since=nan", 400, "since='nan'"),
         ("since=1e999", 400, "since"),

@@ -157,7 +157,7 @@ def parse_protocol(text: str) -> int:
     value = text.strip().lower()
     if value in PROTOCOLS:
         return PROTOCOLS[value]
-    if value.isdigit() and int(value) <= 255:
+    if value.isascii() and value.isdigit() and int(value) <= 255:  # not "¹": isdigit, no int
         return int(value)
     raise HTTPException(
         400, f"protocol={text!r}: expected {', '.join(PROTOCOLS)} or a number 0-255"
