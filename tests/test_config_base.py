@@ -46,3 +46,17 @@ def test_feature_config_defaults_are_the_papers_geometry():
 def test_feature_config_rejects_impossible_values():
     with pytest.raises(ConfigError, match="n_packets"):
         FeatureConfig(n_packets=0)
+
+
+def test_numbers_and_booleans_given_as_text_are_parsed():
+    assert Inner.from_dict({"width": "16", "ratio": "1e-3"}) == Inner(width=16, ratio=0.001)
+
+    @dataclass
+    class Switch(Config):
+        on: bool = False
+
+    assert Switch.from_dict({"on": "true"}).on is True
+    with pytest.raises(ConfigError, match="'maybe' is not a valid bool"):
+        Switch.from_dict({"on": "maybe"})
+    with pytest.raises(ConfigError, match="'wide' is not a valid int"):
+        Inner.from_dict({"width": "wide"})

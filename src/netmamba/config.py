@@ -98,4 +98,21 @@ def _coerce(hint: Any, value: Any) -> Any:
         return dict(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint in (int, float, bool) and isinstance(value, str):
+        return _parse_scalar(hint, value)
     return value
+
+
+def _parse_scalar(hint: type, text: str) -> Any:
+    """A number or boolean given as text (command lines, environment variables)."""
+    word = text.strip().lower()
+    try:
+        if hint is bool:
+            if word in ("1", "true", "yes", "on"):
+                return True
+            if word in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        return hint(float(word)) if hint is int and "e" in word else hint(word)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a valid {hint.__name__}") from None
