@@ -43,6 +43,7 @@ _API = {
 
 __all__ = ["__version__", "prepare", *_API]
 
+
 def prepare(inputs: Any, output: Any, config: Any = None, **options: Any) -> Any:
     """Captures -> a prepared dataset folder (`netmamba prepare`); returns its summary result.
     `config` is a `netmamba.dataset.PrepareConfig` (default settings when None)."""

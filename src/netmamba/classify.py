@@ -29,13 +29,15 @@ from netmamba.capture import CaptureStats
 from netmamba.dataset.config import PrepareConfig
 from netmamba.dataset.extract import FileReport, find_captures, iter_file_chunks
 from netmamba.inference import Predictor
+from netmamba.registry import (  # noqa: F401 - re-exported: the names classify users know
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    ModelNotFoundError,
+    min_packets_of,
+    resolve_model,
+)
 
 log = logging.getLogger(__name__)
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-# Built-in models by name; each is a checkpoint folder inside the package.
-BUILTIN_MODELS = {"default": PACKAGE_DIR / "default_model"}
-DEFAULT_MODEL = "default"
 
 # The result table, one row per flow, in this order (stable names: scripts rely on them).
 RESULT_COLUMNS = (
@@ -59,30 +61,6 @@ RESULT_COLUMNS = (
     "unknown_score",  # the detector's score (higher = less like the known classes)
     "status",  # ok | too_short
 )
-
-
-class ModelNotFoundError(FileNotFoundError):
-    """A model name or path that names no checkpoint."""
-
-
-def resolve_model(model: str | Path) -> Path:
-    """The checkpoint folder of a built-in model name or a path (checkpoint or run folder)."""
-    if str(model) in BUILTIN_MODELS:
-        folder = BUILTIN_MODELS[str(model)]
-        if not (folder / "checkpoint.json").is_file():
-            raise ModelNotFoundError(
-                f"the built-in model {model!r} is not installed in {folder}; reinstall netmamba "
-                "or pass --model PATH to a fine-tuned checkpoint"
-            )
-        return folder
-    path = Path(model)
-    if not path.exists():
-        names = ", ".join(sorted(BUILTIN_MODELS))
-        raise ModelNotFoundError(
-            f"{model}: no such model; give a built-in name ({names}) or the path of a "
-            "fine-tuned checkpoint or run folder"
-        )
-    return path
 
 
 def load_predictor(
@@ -116,12 +94,6 @@ class ClassifyResult:
         return [r for r in self.reports if r.stats.usable and r.stats.error]
 
 
-def min_packets_of(predictor: Predictor) -> int:
-    """The fewest packets a flow had in the model's training data (1 when not recorded)."""
-    cleaning = predictor.metadata.get("cleaning") or {}
-    return max(1, int(cleaning.get("min_packets", 1)))
-
-
 def classify_captures(
     captures: Sequence[str | Path],
     model: str | Path | Predictor = DEFAULT_MODEL,
@@ -139,7 +111,7 @@ def classify_captures(
     predictor = load_predictor(model, threads=threads)
     config = prepare_config_of(predictor)
     found, _ = find_captures(captures)
-    shortest = 1 if include_short else min_packets_of(predictor)
+    shortest = 1 if include_short else min_packets_of(predictor.metadata)
     tables: list[pd.DataFrame] = []
     reports: list[FileReport] = []
     packets_before = flows_done = 0

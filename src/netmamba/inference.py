@@ -34,36 +34,10 @@ from netmamba.evaluate.ood import UnknownDetector
 from netmamba.features import ARRAY_NAMES, FeatureConfig, crop_arrays
 from netmamba.flows import FlowConfig
 from netmamba.models import Classifier, GeometryError, ModelConfig
-from netmamba.models.weights import (
-    META_FILE,
-    CheckpointError,
-    load_checkpoint,
-    read_metadata,
-)
+from netmamba.models.weights import load_checkpoint, read_metadata
+from netmamba.registry import CheckpointError, resolve_checkpoint
 
 TOP_K = 3
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint folder named by `path`: the folder itself, or in a run folder its best
-    fine-tuned model (`best/`) or its final pre-trained one (`checkpoint/`)."""
-    path = Path(path)
-    if (path / META_FILE).is_file():
-        return path
-    for name in ("best", "checkpoint"):
-        if (path / name / META_FILE).is_file():
-            return path / name
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint or run folder")
-    if (path / "last" / META_FILE).is_file():
-        raise CheckpointError(
-            f"{path}: the run has not finished (only last/ is there); resume it with --resume, "
-            f"or use {path / 'last'} as it stands"
-        )
-    raise CheckpointError(
-        f"{path}: neither a checkpoint folder ({META_FILE}) nor a run folder with best/ or "
-        "checkpoint/"
-    )
 
 
 def geometry_of(arrays: Mapping[str, Any]) -> tuple[int, int, int]:

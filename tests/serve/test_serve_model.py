@@ -49,10 +49,6 @@ def test_reading_a_checkpoint_does_not_import_torch(model: Path) -> None:
 
 
 def test_names_resolve_as_classify_resolves_them(model: Path, tmp_path: Path) -> None:
-    from netmamba.classify import BUILTIN_MODELS
-    from netmamba.serve.model import _builtin_folder
-
-    assert _builtin_folder("default") == BUILTIN_MODELS["default"]
     run = tmp_path / "run"
     shutil.copytree(model, run / "best")  # a fine-tuning run folder: its best model
     assert checkpoint_info(run).path == run / "best"

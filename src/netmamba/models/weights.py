@@ -25,15 +25,17 @@ from torch import nn
 from netmamba.models.classifier import Classifier
 from netmamba.models.config import ModelConfig
 from netmamba.models.pretrain import Pretrainer
+from netmamba.registry import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    META_FILE,
+    CheckpointError,
+    read_checkpoint_meta,
+)
 
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "checkpoint.json"
-FORMAT = "netmamba-checkpoint"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder or file that cannot be read as asked."""
+FORMAT = CHECKPOINT_FORMAT
+FORMAT_VERSION = CHECKPOINT_VERSION
 
 
 @dataclass
@@ -97,24 +99,8 @@ def save_checkpoint(
 
 
 def read_metadata(folder: str | Path) -> dict[str, Any]:
-    """checkpoint.json of a checkpoint folder, checked."""
-    folder = Path(folder)
-    path = folder / META_FILE
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder}: not a checkpoint folder (it does not exist)")
-    if not path.is_file():
-        raise CheckpointError(f"{folder}: no {META_FILE}; is this a netmamba checkpoint folder?")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a netmamba checkpoint (format {meta.get('format')!r})")
-    if meta.get("version", 0) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: written by a newer netmamba (format version {meta['version']}); upgrade"
-        )
-    return meta
+    """checkpoint.json of a checkpoint folder, checked (see `netmamba.registry`)."""
+    return read_checkpoint_meta(folder)
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ to the model's own geometry exactly as `classify` does.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,16 @@ import numpy as np
 from netmamba.debias import DebiasConfig
 from netmamba.features import ARRAY_DTYPES, ARRAY_NAMES, FeatureConfig, array_shapes
 from netmamba.flows import FlowConfig
+from netmamba.registry import (
+    DEFAULT_MODEL,
+    META_FILE,
+    CheckpointError,
+    min_packets_of,
+    read_checkpoint_meta,
+    resolve_model,
+)
 from netmamba.serve.batcher import PredictFn
 from netmamba.serve.service import ModelSpec
-
-META_FILE = "checkpoint.json"  # netmamba.models.weights.META_FILE (that module imports torch)
-DEFAULT_MODEL = "default"
 
 
 class ModelError(ValueError):
@@ -48,7 +52,7 @@ class CheckpointInfo:
     data_features: FeatureConfig  # the geometry of the training data's arrays
     model_features: FeatureConfig  # the geometry the model reads (<= data_features)
     debias: DebiasConfig
-    min_packets: int  # the fewest packets a training flow had (netmamba.classify.min_packets_of)
+    min_packets: int  # the fewest packets a training flow had (registry.min_packets_of)
 
     @property
     def ready_packets(self) -> int:
@@ -62,34 +66,13 @@ class CheckpointInfo:
         return {k: (shapes[k], np.dtype(ARRAY_DTYPES[k])) for k in ARRAY_NAMES}
 
 
-def _builtin_folder(name: str) -> Path | None:
-    # netmamba.classify.BUILTIN_MODELS, which imports torch with the Predictor; a test checks
-    # that both name the same folders.
-    if name == DEFAULT_MODEL:
-        return Path(__file__).resolve().parents[1] / "default_model"
-    return None
-
-
 def resolve_checkpoint_folder(model: str | Path) -> Path:
-    """The checkpoint folder a built-in name, a checkpoint folder or a run folder names.
-
-    Same rules as `netmamba.classify.resolve_model` + `netmamba.inference.resolve_checkpoint`;
-    for anything those reject, their own error is raised (as ModelError)."""
-    builtin = _builtin_folder(str(model))
-    path = builtin if builtin is not None else Path(model)
-    for folder in (path, path / "best", path / "checkpoint"):
-        if (folder / META_FILE).is_file():
-            return folder
-    # Not found: the canonical messages (this imports torch, on the error path only).
-    from netmamba.classify import ModelNotFoundError, resolve_model
-    from netmamba.inference import resolve_checkpoint
-    from netmamba.models.weights import CheckpointError
-
+    """The checkpoint folder a built-in name, a checkpoint folder or a run folder names (the
+    rules of `netmamba.registry`, shared with `netmamba classify`), or ModelError."""
     try:
-        resolve_checkpoint(resolve_model(model))
-    except (ModelNotFoundError, CheckpointError) as exc:
+        return resolve_model(model)
+    except CheckpointError as exc:
         raise ModelError(str(exc)) from None
-    raise ModelError(f"{model}: no checkpoint found")  # pragma: no cover - resolved above
 
 
 def checkpoint_info(model: str | Path = DEFAULT_MODEL) -> CheckpointInfo:
@@ -97,11 +80,9 @@ def checkpoint_info(model: str | Path = DEFAULT_MODEL) -> CheckpointInfo:
     folder = resolve_checkpoint_folder(model)
     path = folder / META_FILE
     try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read it ({exc})") from None
-    if meta.get("format") != "netmamba-checkpoint":
-        raise ModelError(f"{path}: not a netmamba checkpoint (format {meta.get('format')!r})")
+        meta = read_checkpoint_meta(folder)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
     if meta.get("kind") != "classifier":
         raise ModelError(
             f"{folder}: a pre-training checkpoint has no classification head; fine-tune it "
@@ -126,7 +107,6 @@ def checkpoint_info(model: str | Path = DEFAULT_MODEL) -> CheckpointInfo:
     labels = [str(x) for x in meta.get("label_names") or range(num_classes)]
     if not labels or (num_classes and len(labels) != num_classes):
         raise ModelError(f"{path}: {len(labels)} label names for {num_classes} classes")
-    cleaning = meta.get("cleaning") or {}
     return CheckpointInfo(
         path=folder,
         name=str(model),
@@ -135,7 +115,7 @@ def checkpoint_info(model: str | Path = DEFAULT_MODEL) -> CheckpointInfo:
         data_features=data_features,
         model_features=model_features,
         debias=debias,
-        min_packets=max(1, int(cleaning.get("min_packets", 1))),
+        min_packets=min_packets_of(meta),
     )
 
 
