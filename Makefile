@@ -28,6 +28,12 @@ install-test: $(BIN)/python
 test: install-test
 	$(BIN)/python -m pytest -q
 
+bench: install-test
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python benchmarks/bench_prepare.py
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_serve.py
+
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
