@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from netmamba.classify import load_predictor
 from netmamba.cli import main
@@ -14,13 +13,7 @@ from netmamba.dataset import load_dataset
 from netmamba.export import INPUT_DTYPES, ExportedModel, as_export_inputs, export_model
 from train import toydata
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 from netmamba.cli import main
 from netmamba.experiment import ExperimentError, load_experiment, plan
@@ -17,12 +16,7 @@ EXPERIMENTS = toydata.Path(__file__).resolve().parents[2] / "experiments"
 SHIPPED = sorted(p.name for p in EXPERIMENTS.glob("*.yaml"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_the_tiny_experiment_runs_end_to_end(tmp_path_factory, tmp_path, capsys):

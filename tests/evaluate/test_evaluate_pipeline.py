@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from netmamba.dataset import CleaningConfig, PrepareConfig, SplitConfig, load_dataset, prepare
 from netmamba.debias import DebiasConfig
@@ -19,13 +18,7 @@ from netmamba.flows import FlowConfig
 from netmamba.inference import Predictor
 from train import toydata
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

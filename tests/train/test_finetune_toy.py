@@ -21,13 +21,7 @@ from netmamba.train.loop import read_metrics_log
 from netmamba.train.rundir import TrainError
 from train import toydata
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
