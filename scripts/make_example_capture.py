@@ -37,7 +37,7 @@ HOST_V4, PEER_V4 = "10.77.0.1", "10.77.0.2"
 HOST_V6, PEER_V6 = "fd77::1", "fd77::2"
 PORTS = {"http": 8080, "https": 8443, "dns": 5353, "rtp": 40000, "ntp": 12300, "chat": 9443}
 
-SERVER_CODE = r'''
+SERVER_CODE = r"""
 import http.server, socketserver, ssl, socket, struct, sys, threading, time
 certfile, keyfile = sys.argv[1], sys.argv[2]
 P = dict(http=8080, https=8443, dns=5353, rtp=40000, ntp=12300, chat=9443)
@@ -45,7 +45,8 @@ P = dict(http=8080, https=8443, dns=5353, rtp=40000, ntp=12300, chat=9443)
 class Page(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        size = int(self.path.strip("/").split("/")[-1] or 512) if self.path[1:].split("/")[-1].isdigit() else 2048
+        last = self.path.strip("/").split("/")[-1]
+        size = int(last) if last.isdigit() else 2048
         body = (b"<html><body>" + b"netmamba example page " * (size // 22 + 1))[:size]
         self.send_response(200)
         self.send_header("Content-Type", "text/html")
@@ -115,7 +116,7 @@ for port, fn in ((P["dns"], dns_reply), (P["ntp"], ntp_reply), (P["rtp"], lambda
     threading.Thread(target=udp_loop, args=(port, fn), daemon=True).start()
 print("ready", flush=True)
 time.sleep(3600)
-'''
+"""
 
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:

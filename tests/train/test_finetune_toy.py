@@ -211,7 +211,11 @@ def test_fine_tuning_starts_from_the_authors_checkpoint(toy, tmp_path):
     # their tensors say D, depth, N, L_s and the token count, not how the bytes are split
     geometry = {k: toydata.TINY_MODEL[k] for k in ("n_packets", "header_bytes", "payload_bytes")}
     run = finetune(
-        toy, tmp_path / "run", settings(train__steps=1, model=geometry), init=path, progress=False
+        toy,
+        tmp_path / "run",
+        settings(train__steps=1, model=geometry, linear_probe=True),
+        init=path,
+        progress=False,
     )
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["init"]["kind"] == "authors"

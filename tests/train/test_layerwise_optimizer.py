@@ -122,9 +122,11 @@ def test_first_adamw_step_moves_each_group_by_its_own_lr():
 
 def test_warmup_cosine_values_by_hand():
     peak, low = 1e-3, 1e-6
-    # warm-up of 10 steps from 0, cosine over the 90 left down to min
-    assert warmup_cosine_lr(0, peak, 100, 10, low) == 0.0
-    assert warmup_cosine_lr(5, peak, 100, 10, low) == pytest.approx(peak / 2)
+    # warm-up of 10 steps (peak / 10 for the first: no step is wasted at lr 0), cosine over
+    # the 90 left down to min
+    assert warmup_cosine_lr(0, peak, 100, 10, low) == pytest.approx(peak / 10)
+    assert warmup_cosine_lr(4, peak, 100, 10, low) == pytest.approx(peak / 2)
+    assert warmup_cosine_lr(9, peak, 100, 10, low) == pytest.approx(peak)
     assert warmup_cosine_lr(10, peak, 100, 10, low) == pytest.approx(peak)
     assert warmup_cosine_lr(55, peak, 100, 10, low) == pytest.approx((peak + low) / 2)
     quarter = low + (peak - low) * (1 + math.cos(math.pi / 4)) / 2  # at 10 + 90/4 = 32.5
@@ -139,11 +141,12 @@ def test_schedule_sets_every_group_lr_times_its_scale():
     config = OptimConfig(base_lr=1e-3, layer_decay=0.5, warmup_steps=4, min_lr=0.0)
     optimizer = build_optimizer(model, config, effective_batch=512)  # peak 2e-3
     schedule = build_schedule(optimizer, config, total_steps=20, effective_batch=512)
-    assert all(g["lr"] == 0.0 for g in optimizer.param_groups)  # start of warm-up
+    for g in optimizer.param_groups:  # first step of the warm-up: a quarter of the peak
+        assert g["lr"] == pytest.approx(2e-3 / 4 * g["lr_scale"])
     for _ in range(2):
         schedule.step()
     for g in optimizer.param_groups:
-        assert g["lr"] == pytest.approx(2e-3 * 2 / 4 * g["lr_scale"])
+        assert g["lr"] == pytest.approx(2e-3 * 3 / 4 * g["lr_scale"])
     assert sorted({g["lr_scale"] for g in optimizer.param_groups}) == [0.125, 0.25, 0.5, 1.0]
 
 

@@ -16,6 +16,7 @@ from netmamba.train.loss import (
     build_loss,
     class_balanced_weights,
     ldam_margins,
+    logit_scale,
 )
 
 COUNTS = [1000, 100, 10]
@@ -162,3 +163,30 @@ def test_build_loss_and_config_round_trip():
     record = lda.describe()
     assert record["margins"][2] == 0.5 and record["class_counts"] == COUNTS
     assert record["weights_active"] is False
+
+
+def test_cross_entropy_on_a_cosine_head_is_scaled_by_s():
+    cosines = torch.tensor([[0.9, -0.2, 0.1], [0.3, 0.2, -0.5]])
+    labels = torch.tensor([0, 2])
+    config = LossConfig(kind="ce", scale=16.0, label_smoothing=0.1)
+    loss = build_loss(config, head="cosine")
+    want = F.cross_entropy(16.0 * cosines, labels, label_smoothing=0.1)
+    torch.testing.assert_close(loss(cosines, labels), want)
+    # by hand for the second flow without smoothing: -log softmax(16 x cos)[2]
+    z = [16 * 0.3, 16 * 0.2, 16 * -0.5]
+    by_hand = -(z[2] - math.log(sum(math.exp(v) for v in z)))  # about 13.3
+    plain = build_loss(LossConfig(kind="ce", scale=16.0, label_smoothing=0.0), head="cosine")
+    assert plain(cosines[1:], labels[1:]).item() == pytest.approx(by_hand, rel=1e-6)
+    # a linear head's logits are not scaled
+    linear = build_loss(config)
+    torch.testing.assert_close(
+        linear(cosines, labels), F.cross_entropy(cosines, labels, label_smoothing=0.1)
+    )
+    assert loss.describe()["scale"] == 16.0 and linear.describe()["scale"] == 1.0
+
+
+def test_logit_scale_is_s_for_lda_and_for_any_cosine_head():
+    assert logit_scale(LossConfig(kind="lda", scale=30.0), "linear") == 30.0
+    assert logit_scale(LossConfig(kind="lda", scale=30.0), "cosine") == 30.0
+    assert logit_scale(LossConfig(kind="ce", scale=30.0), "cosine") == 30.0
+    assert logit_scale(LossConfig(kind="ce", scale=30.0), "linear") == 1.0

@@ -1,8 +1,11 @@
-"""The classifier: encoder -> fusion of the class tokens -> linear head.
+"""The classifier: encoder -> fusion of the class tokens -> linear or cosine head.
 
 fusion "sum":    f = CLS_sizes + CLS_iats + CLS_bytes                            (paper default)
 fusion "concat": f = MLP([CLS_sizes, CLS_iats, CLS_bytes]): 3D -> 2D -> D, SELU, dropout
-logits = W_head f  (no bias by default: the paper's 1,868,544 + 256 x classes parameters)
+head "linear":   logits = W_head f  (no bias by default: the paper's 1,868,544 + 256 x classes)
+head "cosine":   logits_c = <f / |f|, w_c / |w_c|> in [-1, 1], the same parameters; the loss
+                 (and the checkpoint's logit scale) multiplies them by s. This is the head LDAM
+                 was designed for: its margins (0.5) and scale (30) are in cosine units.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from netmamba.models import inputs
@@ -39,7 +43,10 @@ class Classifier(nn.Module):
             )
             init_linear(self.fuse)
         self.head = nn.Linear(D, num_classes, bias=config.head_bias)
-        nn.init.trunc_normal_(self.head.weight, std=2e-5)  # as MAE fine-tuning: start near uniform
+        if config.head == "cosine":  # rows of norm ~1: only their direction counts
+            nn.init.trunc_normal_(self.head.weight, std=D**-0.5)
+        else:  # as MAE fine-tuning: start near uniform
+            nn.init.trunc_normal_(self.head.weight, std=2e-5)
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
 
@@ -61,8 +68,15 @@ class Classifier(nn.Module):
         return torch.stack(list(cls.values())).sum(0)  # (B, D)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        """(B, classes) logits."""
-        return self.head(self.features(batch))
+        """(B, classes) logits (cosines in [-1, 1] for the cosine head)."""
+        return self.logits(self.features(batch))
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """The head: (B, D) fused features -> (B, classes)."""
+        if self.config.head == "cosine":
+            w = F.normalize(self.head.weight, dim=-1)  # (classes, D)
+            return F.linear(F.normalize(features, dim=-1), w)  # (B, classes)
+        return self.head(features)
 
     # ---- for the optimiser -----------------------------------------------------------------
 

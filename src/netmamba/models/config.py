@@ -17,6 +17,8 @@ from netmamba.features import FeatureConfig
 BACKBONES = ("mamba", "transformer")
 MODALITIES = ("sizes", "iats", "bytes")  # token layout order (paper): sizes, IATs, bytes
 FUSIONS = ("sum", "concat")
+HEADS = ("linear", "cosine")
+INITS = ("paper", "mamba")
 
 # Variant -> (modalities, byte fields, byte tokens). "all" is NetMamba+ (or NetTrans+ with the
 # transformer backbone); "bytes" is NetMamba (bytes only, 401 tokens); the rest are the paper's
@@ -53,6 +55,7 @@ class ModelConfig(Config):
     image_width: int = 40  # bytes per image row for 2-D patches (40 x 40 = 1600 in the paper)
     signed_sizes: bool = False  # sizes carry a direction sign (bi-directional sessions)
     size_offset: int = 0  # added to sizes before embedding (MTU for the authors' signed ones)
+    iat_scale: float = 1.0  # IATs are embedded as SE(iat_scale x (1 + x) / (2 + x)); 1 = paper
     # encoder
     d_model: int = 256  # D
     depth: int = 4  # encoder blocks
@@ -60,6 +63,7 @@ class ModelConfig(Config):
     expand: int = 2  # E = expand * D (mamba)
     d_conv: int = 4  # causal depthwise conv width (mamba)
     dt_rank: int = 0  # R: rank of the encoder's delta projection; 0 = ceil(D / 16) (mamba)
+    init: str = "paper"  # weights: "paper" (trunc-normal 0.02, the authors') or "mamba" (below)
     n_heads: int = 8  # attention heads (transformer)
     ffn_mult: int = 4  # GeGLU hidden width = ffn_mult * D (transformer)
     norm_eps: float = 1e-5
@@ -68,6 +72,7 @@ class ModelConfig(Config):
     drop_path: float = 0.1  # stochastic depth, rising linearly to this value over the blocks
     # classification head
     fusion: str = "sum"  # fuse the class tokens by "sum" or "concat" (+ MLP)
+    head: str = "linear"  # "linear" (paper) or "cosine": logits = cos(f, w_c), same parameters
     head_bias: bool = False
     mask_padding: bool = True  # padding never reaches real tokens (off = the authors' behaviour)
     # pre-training (SPEC section 4)
@@ -87,6 +92,14 @@ class ModelConfig(Config):
             raise bad(f"variant {self.variant!r} is not one of {', '.join(VARIANTS)}")
         if self.fusion not in FUSIONS:
             raise bad(f"fusion {self.fusion!r} is not one of {', '.join(FUSIONS)}")
+        if self.head not in HEADS:
+            raise bad(f"head {self.head!r} is not one of {', '.join(HEADS)}")
+        if self.init not in INITS:
+            raise bad(f"init {self.init!r} is not one of {', '.join(INITS)}")
+        if self.head == "cosine" and self.head_bias:
+            raise bad("a cosine head has no bias (set head_bias=false)")
+        if not (math.isfinite(self.iat_scale) and self.iat_scale > 0):
+            raise bad(f"iat_scale must be positive (got {self.iat_scale})")
         for name in (
             "n_packets",
             "header_bytes",

@@ -2,7 +2,8 @@
 
 tokens  = [sizes..., size CLS, IATs..., IAT CLS, byte strides..., byte CLS]   (paper layout)
 token   = content + modality indicator + learnable positional embedding
-content = sinusoidal value embedding (sizes, IATs) | linear map of L_s bytes (strides) | CLS
+content = sinusoidal value embedding (sizes; IATs times `iat_scale`) | linear map of L_s bytes
+          (strides) | CLS
 encoder = blocks (Mamba or attention) -> final norm; each class token sits at the END of its
           segment, because the Mamba scan is causal: the last token has seen everything.
 """
@@ -17,7 +18,13 @@ from torch import nn
 from netmamba.models import inputs
 from netmamba.models.attention import AttentionBlock
 from netmamba.models.config import ModelConfig
-from netmamba.models.layers import RMSNorm, drop_path_rates, init_linear, sinusoidal_embedding
+from netmamba.models.layers import (
+    RMSNorm,
+    drop_path_rates,
+    init_linear,
+    init_mamba_mixer,
+    sinusoidal_embedding,
+)
 from netmamba.models.mamba import MambaBlock
 
 
@@ -52,6 +59,14 @@ def make_blocks(
                 )
             )
     return nn.ModuleList(blocks)
+
+
+def init_blocks(config: ModelConfig, blocks: nn.ModuleList) -> None:
+    """Linear layers of `blocks` after `init_linear`: kept (init "paper"), or Mamba's own
+    initialisation of the mixers (init "mamba", see `layers.init_mamba_mixer`)."""
+    if config.init == "mamba" and config.backbone == "mamba":
+        for block in blocks:
+            init_mamba_mixer(block.mixer, len(blocks))
 
 
 def make_norm(config: ModelConfig, width: int) -> nn.Module:
@@ -101,6 +116,7 @@ class Encoder(nn.Module):
 
     def _init_weights(self) -> None:
         init_linear(self)
+        init_blocks(self.config, self.blocks)
         for p in (self.pos_embed, *self.cls_tokens.values(), *self.indicators.values()):
             nn.init.trunc_normal_(p, std=0.02)
         if hasattr(self, "byte_embed"):  # LeCun normal, as the authors' stride convolution
@@ -123,7 +139,7 @@ class Encoder(nn.Module):
                 values = (
                     inputs.size_values(config, batch)
                     if name == "sizes"
-                    else inputs.iat_values(batch)
+                    else config.iat_scale * inputs.iat_values(batch)
                 )  # (B, M_seq)
                 out[name] = (sinusoidal_embedding(values, D), batch["seq_mask"])
         return out

@@ -62,6 +62,20 @@ def init_linear(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def init_mamba_mixer(mixer: nn.Module, depth: int) -> None:
+    """Mamba's own initialisation (mamba_ssm) of a mixer's projections, for narrow models where
+    0.02 is far below 1 / sqrt(width): in_proj and x_proj as PyTorch's nn.Linear (uniform in
+    +-1 / sqrt(fan_in)), out_proj the same divided by sqrt(depth) (GPT-2's scaling of residual
+    branches). With 0.02 at D = 64, a block's output is ~1e-3 of its input, so class tokens
+    start almost independent of the flow. dt_proj, A_log, D and the conv are left as they are.
+    """
+    for name in ("in_proj", "x_proj", "out_proj"):
+        linear = getattr(mixer, name)
+        nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5))  # nn.Linear's default
+    with torch.no_grad():
+        mixer.out_proj.weight.div_(math.sqrt(depth))
+
+
 def drop_path_rates(p: float, depth: int) -> list[float]:
     """Stochastic depth rising linearly from 0 to p over `depth` blocks."""
     if depth == 1:

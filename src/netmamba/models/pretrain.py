@@ -21,7 +21,7 @@ from torch import nn
 from netmamba.models import inputs
 from netmamba.models.classifier import no_weight_decay
 from netmamba.models.config import ModelConfig
-from netmamba.models.encoder import Encoder, Segment, make_blocks, make_norm
+from netmamba.models.encoder import Encoder, Segment, init_blocks, make_blocks, make_norm
 from netmamba.models.layers import init_linear
 
 
@@ -76,6 +76,7 @@ class ByteDecoder(nn.Module):
         self.pred = nn.Linear(Dd, config.token_bytes)
         self.mask_padding = config.mask_padding
         init_linear(self)
+        init_blocks(config, self.blocks)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
 

@@ -6,8 +6,8 @@ validation metric, calibrated, tested once, reported beside the classical baseli
 init: our pre-training run or checkpoint (its encoder), a fine-tuned checkpoint (its encoder;
       the head is new), the authors' released `.pth` (imported), or None (from scratch).
 loss: the LDA loss (class-balanced weights + LDAM margins, optionally deferred re-weighting)
-      or cross-entropy, both with label smoothing (train/loss.py). The LDA loss reads
-      s x logits, so the checkpoint stores s as the model's logit scale.
+      or cross-entropy, both with label smoothing (train/loss.py). The LDA loss (and any
+      cosine head) reads s x logits, so the checkpoint stores s as the model's logit scale.
 optimiser: AdamW with layer-wise lr decay 0.75, lr = 2e-3 x batch / 256, warm-up then cosine
       to 1e-6 (train/optim.py); drop path 0.1; optional gradient clipping and bf16 autocast.
 linear probe: the encoder is frozen (and kept in eval mode); only the fusion and head learn.
@@ -59,6 +59,7 @@ from netmamba.train.loop import (
     run_loop,
 )
 from netmamba.train.loss import LDALoss, LossConfig, build_loss
+from netmamba.train.loss import logit_scale as loss_logit_scale
 from netmamba.train.optim import OptimConfig, WarmupCosineSchedule, build_optimizer, effective_lr
 from netmamba.train.rundir import TrainError, check_run_dir, open_run_dir
 
@@ -67,7 +68,7 @@ log = logging.getLogger(__name__)
 SELECT_METRICS = ("macro_f1", "accuracy", "weighted_f1", "loss")
 # ModelConfig fields a fine-tuning run may change on a pre-trained model (the rest define the
 # encoder's weights and must stay as they were)
-TUNABLE = ("dropout", "drop_path", "fusion", "head_bias", "mask_padding")
+TUNABLE = ("dropout", "drop_path", "fusion", "head", "head_bias", "mask_padding")
 # fields of the authors' checkpoint its tensors do not fully determine (given in settings.model)
 AUTHORS_GEOMETRY = (
     "n_packets",
@@ -412,8 +413,8 @@ def _finetune(
     if config.linear_probe:
         for p in model.encoder.parameters():
             p.requires_grad_(False)
-    loss_fn = build_loss(config.loss, counts).to(dist.device)
-    logit_scale = config.loss.scale if config.loss.kind == "lda" else 1.0
+    loss_fn = build_loss(config.loss, counts, mc.head).to(dist.device)
+    logit_scale = loss_logit_scale(config.loss, mc.head)
 
     tc = config.train
     plan = BatchPlan(len(subset), tc.batch_size, tc.seed, dist.world_size)

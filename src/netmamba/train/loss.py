@@ -12,6 +12,11 @@ with C classes, n_y the training flows of class y and eps the label smoothing. W
 re-weighting the weights are all 1 before `reweight_from_epoch` and w_y from then on; the
 margins apply at every epoch. Labels of -1 (unlabelled flows) are left out of the mean.
 
+LDAM was designed for a cosine head (logits in [-1, 1]); on a plain linear head s x margin is
+15 nats of loss at the start and large gradients. Cross-entropy on a cosine head needs the
+scale as well (cosines alone give near-uniform probabilities): `logit_scale()` says which s
+multiplies the model's outputs, in the loss and at inference.
+
 The public NetMamba+ code builds this loss and then trains with plain cross-entropy; here the
 loss that is configured is the loss that is applied, and `describe()` records its weights and
 margins with the run.
@@ -41,7 +46,7 @@ class LossConfig(Config):
     label_smoothing: float = 0.1  # eps
     beta: float = 0.999  # class-balanced weights: w_y = (1 - beta) / (1 - beta^n_y)
     max_margin: float = 0.5  # LDAM: the largest margin Delta_j
-    scale: float = 30.0  # LDAM: s, logits are multiplied by it after the margin
+    scale: float = 30.0  # s: LDA logits (after the margin), and any cosine head's, times s
     margins: bool = True  # LDA only: apply the LDAM margins
     reweight: bool = True  # LDA only: apply the class-balanced weights
     reweight_from_epoch: int = 0  # deferred re-weighting: weights are 1 before this epoch
@@ -139,11 +144,13 @@ def _check_inputs(logits: torch.Tensor, labels: torch.Tensor, num_classes: int |
 
 
 class CrossEntropyLoss(nn.Module):
-    """Plain cross-entropy with label smoothing; labels of -1 are left out of the mean."""
+    """Cross-entropy of s x logits with label smoothing; labels of -1 are left out of the mean.
+    s = 1 for a linear head, LossConfig.scale for a cosine head."""
 
-    def __init__(self, label_smoothing: float = 0.1) -> None:
+    def __init__(self, label_smoothing: float = 0.1, scale: float = 1.0) -> None:
         super().__init__()
         self.label_smoothing = float(label_smoothing)
+        self.scale = float(scale)
 
     def set_epoch(self, epoch: int) -> None:
         """Nothing changes with the epoch (same interface as LDALoss)."""
@@ -153,10 +160,11 @@ class CrossEntropyLoss(nn.Module):
         keep = labels != IGNORE_LABEL  # (B,)
         if not bool(keep.any()):
             return logits.sum() * 0.0  # keeps the graph so backward() still works
-        return _smoothed_nll(logits[keep], labels[keep], self.label_smoothing).mean()
+        scaled = self.scale * logits[keep].float()
+        return _smoothed_nll(scaled, labels[keep], self.label_smoothing).mean()
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "ce", "label_smoothing": self.label_smoothing}
+        return {"kind": "ce", "label_smoothing": self.label_smoothing, "scale": self.scale}
 
 
 class LDALoss(nn.Module):
@@ -213,12 +221,21 @@ class LDALoss(nn.Module):
         }
 
 
+def logit_scale(config: LossConfig, head: str = "linear") -> float:
+    """s, what the model's outputs are multiplied by in the loss and at inference: the LDA
+    loss's scale, or a cosine head's under any loss; 1 for cross-entropy on a linear head."""
+    return config.scale if (config.kind == "lda" or head == "cosine") else 1.0
+
+
 def build_loss(
-    config: LossConfig, class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None
+    config: LossConfig,
+    class_counts: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    head: str = "linear",
 ) -> CrossEntropyLoss | LDALoss:
-    """The loss a configuration names; LDA needs the training flows per class."""
+    """The loss a configuration names for a model's head ("linear" or "cosine"); LDA needs the
+    training flows per class."""
     if config.kind == "ce":
-        return CrossEntropyLoss(config.label_smoothing)
+        return CrossEntropyLoss(config.label_smoothing, logit_scale(config, head))
     if class_counts is None:
         raise ValueError("the LDA loss needs class_counts (training flows per class)")
     return LDALoss(class_counts, config)

@@ -7,7 +7,7 @@ Parameter groups (as in MAE / BEiT fine-tuning):
     parameters flagged `_no_weight_decay` (Mamba's A_log and D); frozen parameters are left out.
 
 Learning rate: lr = blr x effective_batch / 256. Schedule, by optimiser STEP t:
-    t <  W:  lr(t) = peak * t / W                                       (linear warm-up from 0)
+    t <  W:  lr(t) = peak * (t + 1) / W          (linear warm-up; the first step already learns)
     t >= W:  lr(t) = min + (peak - min) * (1 + cos(pi * (t - W) / (T - W))) / 2
 and each group gets lr(t) x its scale. The schedule's state is the step count, so a resumed run
 continues on the same curve.
@@ -129,7 +129,7 @@ def warmup_cosine_lr(
 ) -> float:
     """The schedule's learning rate before optimiser step `step` (0-based)."""
     if step < warmup_steps:
-        return peak_lr * step / warmup_steps
+        return peak_lr * (step + 1) / warmup_steps
     if total_steps <= warmup_steps:
         return peak_lr
     progress = min(1.0, (step - warmup_steps) / (total_steps - warmup_steps))
@@ -140,7 +140,7 @@ class WarmupCosineSchedule:
     """Sets every group's lr = warmup_cosine_lr(step) x group["lr_scale"]; resumable by step.
 
     Call `step()` once after each `optimizer.step()`. The lr for the first step is set at
-    construction (0 when there is a warm-up).
+    construction (peak / W when there is a warm-up of W steps).
     """
 
     def __init__(
