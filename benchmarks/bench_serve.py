@@ -415,6 +415,7 @@ def replay_benchmark(
             "flows_seen": summary.flows_seen,
             "flows_classified": summary.flows_classified,
             "flows_too_short": summary.flows_too_short,
+            "flows_other_protocol": summary.flows_other_protocol,
             "stored": stored,
             "mean_batch": round(
                 summary.flows_classified / max(1, len(summary.batch_latencies_s)), 1
@@ -426,7 +427,11 @@ def replay_benchmark(
             "latency_p99_ms": round(float(np.percentile(latencies, 99)), 2),
             "drops": summary.flows_dropped,
             "lost_flows": max(
-                summary.flows_lost, summary.flows_seen - summary.flows_too_short - stored
+                summary.flows_lost,
+                summary.flows_seen
+                - summary.flows_too_short
+                - summary.flows_other_protocol
+                - stored,
             ),
         }
         if check:

@@ -30,39 +30,39 @@ import argparse
 import csv
 import hashlib
 import json
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from real_data_check import (  # the same timed, logged stages and the recipe
+    COSINE_HEAD,
+    FINETUNE_LR,
+    PRETRAIN_SETTINGS,
+    Stages,
+    prepare_pretrain,
+    pretrain,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "src" / "netmamba" / "default_model"
 PRESET = "fast"
 
-# The recipe, from the model quality study (see MODEL_CARD.md): Mamba's own initialisation
-# and a varying IAT embedding in the encoder; a cosine head; a short warm-up.
-MODEL = ["model.init=mamba", "model.iat_scale=1000"]  # the fast preset, changed so
-PRETRAIN = ["--steps", "2000", "--batch-size", "128", "--checkpoint-every", "500"]
-FINETUNE = [
-    "--epochs",
-    "30",
-    "--batch-size",
-    "64",
-    "--warmup-epochs",
-    "3",
-    "--set",
-    "model.head=cosine",
-]
+# The recipe (shared with scripts/real_data_check.py), from the model quality study: Mamba's
+# own initialisation and IATs embedded x 1000 (PRETRAIN_SETTINGS), a cosine head, a short
+# warm-up, and a few candidates for the loss and learning rate.
+PRETRAIN_STEPS, PRETRAIN_BATCH = 2000, 128
+FINETUNE = ["--epochs", "30", "--batch-size", "64", "--warmup-epochs", "3", *COSINE_HEAD]
 CANDIDATES = {  # name -> extra finetune options; chosen by validation macro F1
-    "ce-lr1e-2": ["--loss", "ce", "--lr", "0.01", "--layer-decay", "1.0"],
-    "lda-lr1e-2": ["--loss", "lda", "--lr", "0.01", "--layer-decay", "1.0"],
+    "ce-lr1e-2": ["--loss", "ce", *FINETUNE_LR],
+    "lda-lr1e-2": ["--loss", "lda", *FINETUNE_LR],
     "ce-lr2e-3": ["--loss", "ce"],
+    # not a candidate: the chosen recipe's loss without pre-training, to show what it is worth
+    "scratch-lda-lr1e-2": ["--config", PRESET, *PRETRAIN_SETTINGS, "--loss", "lda", *FINETUNE_LR],
 }
+SCRATCH = "scratch-"  # candidates named so start from random weights and are never chosen
 # category selection (stage 3) and split (stage 4)
 MIN_PACKETS = 2  # DNS and NTP exchanges (query + answer) are 2-packet sessions: keep them
 MIN_FLOWS = 40
@@ -74,38 +74,6 @@ DESCRIPTION = (
     "NetMamba+ fast model pre-trained on the captures of nDPI 4.2 and IoT Sentinel, "
     "fine-tuned to classify bi-directional TCP/UDP sessions into nDPI traffic categories"
 )
-
-
-class Stages:
-    def __init__(self, work: Path, threads: int | None, quiet: bool) -> None:
-        self.work = work
-        self.threads = threads
-        self.quiet = quiet
-        self.rows: list[dict] = []
-
-    def run(self, name: str, args: list[str]) -> float:
-        command = [sys.executable, "-m", "netmamba", *args]
-        if self.quiet:
-            command.append("-q")
-        if self.threads and args[0] in ("pretrain", "finetune", "evaluate"):
-            command += ["--threads", str(self.threads)]
-        shown = " ".join(shlex.quote(c) for c in command).replace(sys.executable, "python")
-        print(f"== {name}: {shown}", flush=True)
-        log = self.work / "logs" / f"{name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        with open(log, "w") as f:
-            done = subprocess.run(command, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-        seconds = time.perf_counter() - started
-        self.rows.append({"stage": name, "seconds": seconds, "command": shown})
-        print(f"   {seconds:.1f} s (log {log})", flush=True)
-        if done.returncode != 0:
-            print(log.read_text()[-4000:], file=sys.stderr)
-            raise SystemExit(f"stage {name} failed with status {done.returncode}")
-        return seconds
-
-    def timed(self, name: str, seconds: float, what: str) -> None:
-        self.rows.append({"stage": name, "seconds": seconds, "command": what})
 
 
 # ---- stage 3: the label set ----------------------------------------------------------------
@@ -218,14 +186,15 @@ def model_card(
         "de-biased with the default switches (addresses and ports replaced by relative "
         "values, TCP sequence numbers and timestamps relative, checksums, TTL, IPv4 ID, "
         "IPv6 flow label and TLS SNI zeroed): the model does not read who talks to whom.",
-        "- Flows with fewer than 2 packets are listed by `classify` as too short, not guessed.",
+        f"- Flows with fewer than {MIN_PACKETS} packets are listed by `classify` as too short, "
+        "not guessed.",
         "",
         "## Data and licence",
         "",
         f"- Pre-training (no labels): every capture of `../shared/data` — the nDPI 4.2 test "
         f"captures (`ndpi-4.2/pcap`, LGPL-3.0, from the nDPI project) and the IoT Sentinel "
         f"captures (`iot-sentinel/captures`, the dataset of Miettinen et al., ICDCS 2017): "
-        f"{pre['flows']:,} sessions, {PRETRAIN[1]} steps of batch {PRETRAIN[3]}.",
+        f"{pre['flows']:,} sessions, {PRETRAIN_STEPS} steps of batch {PRETRAIN_BATCH}.",
         "- Fine-tuning: the nDPI 4.2 captures only. Labels are nDPI traffic categories from "
         "`ndpi-4.2/labels-nfstream.tsv` (nfstream 6.6.0 with nDPI 5.0), kept only where the "
         "detection was confirmed (`application_is_guessed=0`); `Unspecified` is dropped. A "
@@ -266,7 +235,8 @@ def model_card(
         )
     lines += [
         "",
-        "Candidates fine-tuned by the build (chosen by validation macro F1; test read once):",
+        "Candidates fine-tuned by the build (chosen by validation macro F1; test read once; "
+        "`scratch-` starts from random weights, to show what pre-training is worth):",
         "",
         "| candidate | options | valid macro F1 | test accuracy | test macro F1 |",
         "|---|---|---:|---:|---:|",
@@ -295,7 +265,8 @@ def model_card(
         "",
         "## Limits",
         "",
-        "- Small data: a few thousand labelled sessions from the nDPI project's test captures, "
+        f"- Small data: {sum(sum(c.values()) for c in counts.values()):,} labelled sessions from "
+        "the nDPI project's test captures, "
         "which are protocol samples, not a network's real mix. Scores move by several points "
         "with the split seed; treat them as a rough guide.",
         "- Labels are what nDPI detects, not ground truth; the model learns nDPI's categories, "
@@ -326,7 +297,7 @@ def _params() -> str:
     from safetensors import safe_open
 
     with safe_open(TARGET / "model.safetensors", "np") as f:
-        total = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f)
+        total = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118 (safe_open is not iterable)
     return f"{total:,}"
 
 
@@ -350,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if work.is_relative_to(args.data.resolve()):
         parser.error("--work must be outside the shared data")
     work.mkdir(parents=True, exist_ok=True)
-    stages = Stages(work, args.threads, args.quiet)
+    stages = Stages(work, args.threads, args.quiet)  # logs in WORK/logs
     data, runs = work / "data", work / "runs"
     geometry = [
         "--mode",
@@ -369,33 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     pre = runs / "pretrain"
     if not (args.reuse_pretrain and (pre / "checkpoint").is_dir()):
-        stages.run(
-            "prepare-pretrain",
-            [
-                "prepare",
-                str(ndpi / "pcap"),
-                str(iot),
-                "-o",
-                str(data / "pretrain"),
-                "--no-labels",
-                *geometry,
-            ],
-        )
-        settings = [x for s in MODEL for x in ("--set", s)]
-        stages.run(
-            "pretrain",
-            [
-                "pretrain",
-                str(data / "pretrain"),
-                "-o",
-                str(pre),
-                "--config",
-                PRESET,
-                *settings,
-                *PRETRAIN,
-                "--overwrite",
-            ],
-        )
+        prepare_pretrain(stages, args.data, data / "pretrain", geometry)
+        pretrain(stages, data / "pretrain", pre, PRETRAIN_STEPS, PRETRAIN_BATCH)
     labels = ndpi / "labels-nfstream.tsv"
     confirmed = [
         "--label-column",
@@ -432,48 +378,22 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(categories)} categories, {written} label rows -> {chosen_labels}",
     )
     print(f"   categories: {', '.join(categories)}", flush=True)
-    stages.run(
-        "prepare-ndpi",
-        [
-            "prepare",
-            str(ndpi / "pcap"),
-            "-o",
-            str(data / "ndpi"),
-            "--labels",
-            str(chosen_labels),
-            *confirmed,
-            "--min-per-class",
-            str(MIN_FLOWS),
-            *split,
-            *geometry,
-        ],
-    )
+    ndpi_options = ["--labels", str(chosen_labels), *confirmed, "--min-per-class", str(MIN_FLOWS)]
+    prepare_ndpi = ["prepare", str(ndpi / "pcap"), "-o", str(data / "ndpi"), *ndpi_options]
+    stages.run("prepare-ndpi", [*prepare_ndpi, *split, *geometry])
     results = {}
     for i, (name, options) in enumerate(CANDIDATES.items()):
         run = runs / f"ndpi-{name}"
+        init = [] if name.startswith(SCRATCH) else ["--from", str(pre)]
         extra = [] if i == 0 else ["--no-baseline"]
-        stages.run(
-            f"finetune-{name}",
-            [
-                "finetune",
-                str(data / "ndpi"),
-                "-o",
-                str(run),
-                "--from",
-                str(pre),
-                *FINETUNE,
-                *options,
-                *extra,
-                "--overwrite",
-            ],
-        )
+        tune = ["finetune", str(data / "ndpi"), "-o", str(run), *init, *FINETUNE, *options]
+        stages.run(f"finetune-{name}", [*tune, *extra, "--overwrite"])
         results[name] = json.loads((run / "metrics.json").read_text())
-    baseline = results[next(iter(CANDIDATES))].get("baseline")
+    baseline = results[next(iter(CANDIDATES))]["baseline"]
     for m in results.values():
-        m.setdefault("baseline", baseline)
-        if m["baseline"] is None:
-            m["baseline"] = baseline
-    chosen = max(results, key=lambda n: results[n]["best"]["value"])
+        m["baseline"] = m.get("baseline") or baseline
+    pretrained = [n for n in results if not n.startswith(SCRATCH)]  # the model is pre-trained
+    chosen = max(pretrained, key=lambda n: results[n]["best"]["value"])
     for name, m in results.items():
         print(
             f"   {name}: valid macro F1 {m['best']['value']:.3f}, test accuracy "

@@ -99,7 +99,7 @@ def test_flows_shorter_than_the_training_data_are_listed_without_a_label(model, 
     shutil.copytree(model, short_model)
     meta_path = short_model / "checkpoint.json"
     meta = json.loads(meta_path.read_text())
-    meta["cleaning"] = {**meta.get("cleaning", {}), "min_packets": 3}
+    meta["cleaning"] = {**meta.get("cleaning", {}), "min_packets": 3, "protocol_filter": "none"}
     meta_path.write_text(json.dumps(meta))
     flows = classify_captures([EXAMPLE], short_model).flows
     short = flows["packets"] < 3
@@ -108,6 +108,30 @@ def test_flows_shorter_than_the_training_data_are_listed_without_a_label(model, 
     assert flows.loc[short, "label"].isna().all()
     assert flows.loc[~short, "label"].notna().all()
     every = classify_captures([EXAMPLE], short_model, include_short=True).flows
+    assert every["label"].notna().all() and len(every) == len(flows)
+
+
+def test_flows_of_protocols_the_training_data_left_out_are_listed_without_a_label(model, tmp_path):
+    # a copy of the model whose training data kept TCP and UDP only (the default model's)
+    tcp_udp_model = tmp_path / "model"
+    shutil.copytree(model, tcp_udp_model)
+    meta_path = tcp_udp_model / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["cleaning"] = {**meta.get("cleaning", {}), "protocol_filter": "tcp_udp", "min_packets": 1}
+    meta_path.write_text(json.dumps(meta))
+    flows = classify_captures([EXAMPLE], tcp_udp_model).flows
+    other = ~flows["protocol"].isin([6, 17])
+    assert set(flows.loc[other, "protocol"]) == {58}  # the capture's ICMPv6 flows
+    assert (flows.loc[other, "status"] == "other_protocol").all()
+    assert flows.loc[other, "label"].isna().all()
+    assert (flows.loc[~other, "status"] == "ok").all() and flows.loc[~other, "label"].notna().all()
+    # the paper's filter also leaves out DNS, mDNS, NTP, ... by port (the capture's 5353 flows)
+    meta["cleaning"]["protocol_filter"] = "paper"
+    meta_path.write_text(json.dumps(meta))
+    paper = classify_captures([EXAMPLE], tcp_udp_model).flows
+    mdns = (paper["src_port"] == 5353) | (paper["dst_port"] == 5353)
+    assert mdns.any() and (paper.loc[mdns, "status"] == "other_protocol").all()
+    every = classify_captures([EXAMPLE], tcp_udp_model, include_short=True).flows
     assert every["label"].notna().all() and len(every) == len(flows)
 
 

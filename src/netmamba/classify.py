@@ -11,8 +11,10 @@ service (`netmamba serve`) does the same. Captures are read one chunk of flows a
 memory does not grow with the capture, only with the result table.
 
 Flows with fewer packets than the shortest flows the model was trained on are listed with
-status `too_short` and no label (unless `include_short`): a prediction the model was never
-trained to make is not one to trust, but nothing is dropped silently.
+status `too_short`, and flows of protocols its training data left out (its protocol filter:
+ICMP, say, for a model of TCP/UDP sessions) with status `other_protocol`, both with no label
+(unless `include_short`): a prediction the model was never trained to make is not one to
+trust, but nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from netmamba.capture import CaptureStats
-from netmamba.dataset.config import PrepareConfig
+from netmamba.dataset.config import PrepareConfig, protocol_excluded
 from netmamba.dataset.extract import FileReport, find_captures, iter_file_chunks
 from netmamba.inference import Predictor
 from netmamba.registry import (  # noqa: F401 - re-exported: the names classify users know
@@ -34,6 +36,7 @@ from netmamba.registry import (  # noqa: F401 - re-exported: the names classify 
     DEFAULT_MODEL,
     ModelNotFoundError,
     min_packets_of,
+    protocol_filter_of,
     resolve_model,
 )
 
@@ -59,7 +62,7 @@ RESULT_COLUMNS = (
     "confidence_3",
     "unknown",  # looks unlike every class the model knows
     "unknown_score",  # the detector's score (higher = less like the known classes)
-    "status",  # ok | too_short
+    "status",  # ok | too_short | other_protocol
 )
 
 
@@ -112,6 +115,7 @@ def classify_captures(
     config = prepare_config_of(predictor)
     found, _ = find_captures(captures)
     shortest = 1 if include_short else min_packets_of(predictor.metadata)
+    protocols = "none" if include_short else protocol_filter_of(predictor.metadata)
     tables: list[pd.DataFrame] = []
     reports: list[FileReport] = []
     packets_before = flows_done = 0
@@ -119,7 +123,7 @@ def classify_captures(
         report = FileReport(capture, CaptureStats(capture.path))
         for arrays, meta in iter_file_chunks(capture, config, None, report, clean=False):
             frame = meta.to_pandas()
-            tables.append(_predict_chunk(predictor, arrays, frame, shortest, batch_size))
+            tables.append(_predict_chunk(predictor, arrays, frame, shortest, protocols, batch_size))
             flows_done += len(frame)
             if progress:
                 progress(packets_before + report.stats.packets, flows_done)
@@ -146,11 +150,19 @@ def _predict_chunk(
     arrays: dict[str, np.ndarray],
     meta: pd.DataFrame,
     shortest: int,
+    protocol_filter: str,
     batch_size: int,
 ) -> pd.DataFrame:
     n = len(meta)
     packets = meta["packets"].to_numpy()
-    classified = packets >= shortest
+    other_protocol = np.array(
+        [
+            protocol_excluded(protocol_filter, int(p), int(s), int(d))
+            for p, s, d in zip(meta["protocol"], meta["src_port"], meta["dst_port"], strict=True)
+        ],
+        dtype=bool,
+    )
+    classified = (packets >= shortest) & ~other_protocol
     rows = pd.DataFrame(
         {
             "capture": meta["capture"].astype(str),
@@ -183,7 +195,9 @@ def _predict_chunk(
         rows["confidence" + suffix] = confidence[:, i]
     rows["unknown"] = unknown
     rows["unknown_score"] = score
-    rows["status"] = np.where(classified, "ok", "too_short")
+    rows["status"] = np.where(
+        classified, "ok", np.where(other_protocol, "other_protocol", "too_short")
+    )
     return rows[list(RESULT_COLUMNS)]
 
 

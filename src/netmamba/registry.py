@@ -95,6 +95,13 @@ def read_checkpoint_meta(folder: str | Path) -> dict[str, Any]:
     return meta
 
 
+def protocol_filter_of(meta: dict[str, Any]) -> str:
+    """The protocol filter of a model's training data ("none" when not recorded): flows it
+    leaves out are of protocols the model never saw."""
+    cleaning = meta.get("cleaning") or {}
+    return str(cleaning.get("protocol_filter", "none"))
+
+
 def min_packets_of(meta: dict[str, Any]) -> int:
     """The fewest packets a flow had in a model's training data (1 when not recorded)."""
     cleaning = meta.get("cleaning") or {}

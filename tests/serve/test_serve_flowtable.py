@@ -135,6 +135,26 @@ def test_deadline_classifies_with_what_a_flow_has_and_only_once(
 
 
 @pytest.mark.parametrize("native_meter", METERS)
+def test_flows_of_protocols_the_model_never_saw_are_counted_not_classified(
+    native_meter: bool,
+) -> None:
+    echo = [
+        (T0 + k * S // 1000, pcapgen.ethernet(pcapgen.ip("10.0.0.1", "10.0.0.3",
+                                                          pcapgen.icmp_echo(7, k))), 1)
+        for k in range(3)
+    ]  # fmt: skip
+    packets = udp_packets(1, 3) + echo  # a UDP flow to port 53 (DNS) and an ICMP one
+    for protocol_filter, kept, other in (("none", 2, 0), ("tcp_udp", 1, 1), ("paper", 0, 2)):
+        t = table(native_meter, protocol_filter=protocol_filter)
+        feed(t, packets)
+        assert len(t.flush()) == kept, protocol_filter
+        assert t.flows_other_protocol == other and t.flows_too_short == 0
+    t = table(native_meter, protocol_filter="paper", include_short=True)
+    feed(t, packets)
+    assert len(t.flush()) == 2 and t.flows_other_protocol == 0
+
+
+@pytest.mark.parametrize("native_meter", METERS)
 def test_flows_shorter_than_the_models_training_flows_are_counted_not_classified(
     native_meter: bool,
 ) -> None:
@@ -184,5 +204,7 @@ def test_bad_settings_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="classify_within_s must be positive"):
         FlowTableConfig(classify_within_s=0)
+    with pytest.raises(ConfigError, match="protocol_filter must be one of paper, tcp_udp, none"):
+        FlowTableConfig(protocol_filter="udp")
     with pytest.raises(ConfigError, match="ready_packets and min_packets must be >= 1"):
         FlowTableConfig(ready_packets=0)

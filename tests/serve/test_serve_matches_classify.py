@@ -72,6 +72,7 @@ def test_every_flow_stored_once_with_the_label_classify_gives(tmp_path: Path, mo
     assert len(ok) > 20 and ok["label"].nunique() >= 2  # a check that can tell labels apart
     assert len(stored) == len(ok) == summary.flows_classified
     assert summary.flows_too_short == (expected["status"] == "too_short").sum() > 0
+    assert summary.flows_other_protocol == (expected["status"] == "other_protocol").sum()
     assert summary.flows_lost == summary.flows_dropped == 0
     for row in ok.itertuples():
         first_s = row.first_seen.value / 1e9

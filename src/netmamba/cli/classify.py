@@ -32,8 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--include-short",
         action="store_true",
-        help="also classify flows shorter than any the model was trained on (listed as "
-        "too_short without a label otherwise)",
+        help="also classify flows shorter than any the model was trained on, or of protocols "
+        "its training data left out (listed as too_short / other_protocol without a label "
+        "otherwise)",
     )
     parser.add_argument(
         "--max-rows",

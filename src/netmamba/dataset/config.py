@@ -20,6 +20,18 @@ SPLIT_NAMES = ("train", "valid", "test")
 PAPER_FILTER_PORTS = frozenset({53, 5353, 5355, 137, 67, 68, 546, 547, 123})
 
 
+def protocol_excluded(protocol_filter: str, proto: int, sport: int, dport: int) -> bool:
+    """Whether a protocol filter leaves a flow out: "none" keeps every flow, "tcp_udp" only
+    TCP and UDP, "paper" TCP and UDP without the ports of PAPER_FILTER_PORTS at either end."""
+    if protocol_filter == "none":
+        return False
+    if proto not in (6, 17):
+        return True
+    return protocol_filter == "paper" and (
+        sport in PAPER_FILTER_PORTS or dport in PAPER_FILTER_PORTS
+    )
+
+
 @dataclass
 class CleaningConfig(Config):
     """Which flows are kept, and how many per class."""

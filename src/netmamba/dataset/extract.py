@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from netmamba.capture import CaptureError, CaptureStats, open_capture, sniff
-from netmamba.dataset.config import PAPER_FILTER_PORTS, PrepareConfig
+from netmamba.dataset.config import PrepareConfig, protocol_excluded
 from netmamba.dataset.store import META_COLUMNS, meta_table, sample_hashes
 from netmamba.debias import DebiasConfig
 from netmamba.features import ARRAY_NAMES, FeatureConfig, empty_arrays, flow_arrays
@@ -122,13 +122,8 @@ def _drop_reason(flow: Flow, config: PrepareConfig) -> str | None:
     cleaning = config.cleaning
     if flow.packets < cleaning.min_packets:
         return "min_packets"
-    if cleaning.protocol_filter != "none":
-        if flow.proto not in (6, 17):
-            return "protocol_filter"
-        if cleaning.protocol_filter == "paper" and (
-            flow.sport in PAPER_FILTER_PORTS or flow.dport in PAPER_FILTER_PORTS
-        ):
-            return "protocol_filter"
+    if protocol_excluded(cleaning.protocol_filter, flow.proto, flow.sport, flow.dport):
+        return "protocol_filter"
     return None
 
 

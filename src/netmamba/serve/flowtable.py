@@ -14,7 +14,8 @@ A flow is handed over (as a `ReadyFlow` with its arrays) at the first of:
   packets up to then; a quiet link's deadlines pass on `expire`.
 
 Flows with fewer packets than the model's training flows had (`min_packets`, as `classify`
-decides) are counted as too short and not classified, unless `include_short`.
+decides) are counted as too short and not classified, and so are flows of protocols the
+model's training data left out (`protocol_filter`), unless `include_short`.
 
 Only the first packets of a flow are kept (the meter stores the first max(M_b, M_seq) and
 counts the rest); a flow handed over early has its stored packets released at once.
@@ -33,6 +34,7 @@ import numpy as np
 
 from netmamba.capture.batch import PacketBatch
 from netmamba.config import Config, ConfigError
+from netmamba.dataset.config import PROTOCOL_FILTERS, protocol_excluded
 from netmamba.debias import DebiasConfig
 from netmamba.features import FeatureConfig, flow_arrays
 from netmamba.flows import Flow, FlowConfig, FlowMeter
@@ -47,11 +49,16 @@ class FlowTableConfig(Config):
 
     ready_packets: int = 20  # classify a flow once it has this many packets: max(M_b, M_seq)
     min_packets: int = 1  # flows ending with fewer are too short for the model (not classified)
-    include_short: bool = False  # classify too-short flows anyway
+    protocol_filter: str = "none"  # the training data's: flows it leaves out are not classified
+    include_short: bool = False  # classify too-short and other-protocol flows anyway
     classify_within_s: float | None = None  # classify a flow this old with what it has
     max_flows: int | None = None  # open flows at most (None: the model's FlowConfig.max_flows)
 
     def __post_init__(self) -> None:
+        if self.protocol_filter not in PROTOCOL_FILTERS:
+            raise ConfigError(
+                f"FlowTableConfig.protocol_filter must be one of {', '.join(PROTOCOL_FILTERS)}"
+            )
         if self.ready_packets < 1 or self.min_packets < 1:
             raise ConfigError("FlowTableConfig.ready_packets and min_packets must be >= 1")
         if self.classify_within_s is not None and self.classify_within_s <= 0:
@@ -108,6 +115,7 @@ class MeterFlowTable:
         self._flows_before = 0  # flows of the meters of earlier captures
         self.flows_evicted = 0  # evicted before being handed over
         self.flows_too_short = 0  # ended with fewer than min_packets: not classified
+        self.flows_other_protocol = 0  # left out by the protocol filter: not classified
         self.flows_deadline = 0  # handed over at the deadline
         self.meter = self._new_meter(source)
 
@@ -223,6 +231,12 @@ class MeterFlowTable:
         counts: list[tuple[int, int, int]] = []
         for flow in flows:
             packets, nbytes, last_ns = _counters(flow)
+            if not c.include_short and (
+                protocol_excluded(c.protocol_filter, flow.proto, flow.sport, flow.dport)
+            ):
+                self.flows_other_protocol += 1
+                _release(flow)
+                continue
             if packets < c.min_packets and not c.include_short:
                 self.flows_too_short += 1
                 _release(flow)

@@ -181,6 +181,10 @@ class ServiceMetrics:
             "netmamba_flows_too_short_total",
             "Flows with fewer packets than the model's training flows: not classified.",
         )
+        self.flows_other_protocol = c(
+            "netmamba_flows_other_protocol_total",
+            "Flows of protocols the model's training data left out: not classified.",
+        )
         self.kernel_received = c(
             "netmamba_capture_kernel_packets_total", "Packets the kernel passed to the capture."
         )
@@ -242,6 +246,7 @@ class ServiceMetrics:
             "flows_dropped": self.flows_dropped.value,
             "flows_evicted": self.flows_evicted.value,
             "flows_too_short": self.flows_too_short.value,
+            "flows_other_protocol": self.flows_other_protocol.value,
             "kernel_dropped": self.kernel_dropped.value,
         }
 

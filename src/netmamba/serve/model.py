@@ -30,6 +30,7 @@ from netmamba.registry import (
     META_FILE,
     CheckpointError,
     min_packets_of,
+    protocol_filter_of,
     read_checkpoint_meta,
     resolve_model,
 )
@@ -53,6 +54,7 @@ class CheckpointInfo:
     model_features: FeatureConfig  # the geometry the model reads (<= data_features)
     debias: DebiasConfig
     min_packets: int  # the fewest packets a training flow had (registry.min_packets_of)
+    protocol_filter: str = "none"  # the training data's (registry.protocol_filter_of)
 
     @property
     def ready_packets(self) -> int:
@@ -116,6 +118,7 @@ def checkpoint_info(model: str | Path = DEFAULT_MODEL) -> CheckpointInfo:
         model_features=model_features,
         debias=debias,
         min_packets=min_packets_of(meta),
+        protocol_filter=protocol_filter_of(meta),
     )
 
 

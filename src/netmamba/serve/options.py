@@ -233,6 +233,7 @@ def flow_table_config(args: argparse.Namespace, info: Any) -> Any:
     return FlowTableConfig(
         ready_packets=info.ready_packets,
         min_packets=info.min_packets,
+        protocol_filter=info.protocol_filter,
         include_short=bool(getattr(args, "include_short", False)),
         classify_within_s=getattr(args, "classify_within", None),
         max_flows=getattr(args, "max_active_flows", None),

@@ -125,8 +125,9 @@ class PacketSource(Protocol):
 
 
 class FlowTable(Protocol):
-    """Packets in, ReadyFlows out. Optional: `flows_too_short` (flows not classified because
-    the model was never trained on flows that short) and `next_capture(name)`, called on a
+    """Packets in, ReadyFlows out. Optional: `flows_too_short` and `flows_other_protocol`
+    (flows not classified because the model was never trained on flows that short or of that
+    protocol) and `next_capture(name)`, called on a
     NextCapture from the source, returning the flows that end with the capture before."""
 
     flows_seen: int  # flows started
@@ -282,6 +283,7 @@ class ServiceSummary:
     flows_dropped: int
     flows_evicted: int
     flows_too_short: int  # not classified: shorter than the model's training flows
+    flows_other_protocol: int  # not classified: a protocol the model's training data left out
     flows_lost: int  # handed to inference but never stored (must be 0)
     kernel_dropped: int
     batch_latencies_s: list[float] = field(default_factory=list)
@@ -486,6 +488,7 @@ class Service:
         m.flows_seen.set_total(self.table.flows_seen)
         m.flows_evicted.set_total(self.table.flows_evicted)
         m.flows_too_short.set_total(getattr(self.table, "flows_too_short", 0))
+        m.flows_other_protocol.set_total(getattr(self.table, "flows_other_protocol", 0))
         kernel = self.source.kernel_stats()
         if kernel is not None:
             m.kernel_received.set_total(kernel[0])
@@ -597,7 +600,7 @@ class Service:
             summary = self._summary(elapsed)
             log.info(
                 "done: %s packets (%.1f Mb/s) in %.1f s, %s flows classified, %s dropped, "
-                "%s evicted, %s too short to classify",
+                "%s evicted, %s too short to classify, %s of other protocols",
                 f"{summary.packets:,}",
                 summary.mbps,
                 summary.seconds,
@@ -605,6 +608,7 @@ class Service:
                 f"{summary.flows_dropped:,}",
                 f"{summary.flows_evicted:,}",
                 f"{summary.flows_too_short:,}",
+                f"{summary.flows_other_protocol:,}",
             )
             if self.http is not None and self.config.keep_serving and not self._stop.is_set():
                 log.info("still serving the results at %s; Ctrl-C to quit", self.http.url)
@@ -627,6 +631,7 @@ class Service:
             flows_dropped=c["flows_dropped"],
             flows_evicted=c["flows_evicted"],
             flows_too_short=c["flows_too_short"],
+            flows_other_protocol=c["flows_other_protocol"],
             flows_lost=self._lost + len(self._pending),
             kernel_dropped=c["kernel_dropped"],
             batch_latencies_s=list(self.batcher.stats.batch_latencies_s),
