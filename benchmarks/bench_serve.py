@@ -343,7 +343,7 @@ def replay_benchmark(
     """The replay benchmark of issue 6: every capture of `capture_dir` replayed as fast as
     possible through the whole service (reader, flow table, worker with the model, SQLite)."""
     from netmamba.cli.serve import default_threads
-    from netmamba.serve.flowtable import FlowTableConfig, MeterFlowTable
+    from netmamba.serve.flowtable import MeterFlowTable, table_config_for
     from netmamba.serve.model import checkpoint_info, model_spec
     from netmamba.serve.replay import CaptureFiles, Replay
     from netmamba.serve.service import ModelSpec, ReplaySource, ServeConfig, Service
@@ -370,7 +370,7 @@ def replay_benchmark(
             info.flow,
             info.data_features,
             info.debias,
-            FlowTableConfig(ready_packets=info.ready_packets, min_packets=info.min_packets),
+            table_config_for(info),
         )
         files = CaptureFiles(str(capture_dir))
         source = ReplaySource(Replay(files), str(capture_dir))

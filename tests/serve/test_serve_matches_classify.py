@@ -4,13 +4,14 @@ same flow with the same model."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import servemodel
 
 from netmamba.classify import classify_captures
-from netmamba.serve.flowtable import FlowTableConfig, MeterFlowTable
+from netmamba.serve.flowtable import MeterFlowTable, table_config_for
 from netmamba.serve.model import checkpoint_info, model_spec
 from netmamba.serve.replay import CaptureFiles, Replay
 from netmamba.serve.service import ReplaySource, ServeConfig, Service
@@ -37,7 +38,7 @@ def serve(folder: Path, model: Path, store: Path, **table: object) -> tuple:
         info.flow,
         info.data_features,
         info.debias,
-        FlowTableConfig(ready_packets=info.ready_packets, min_packets=info.min_packets, **table),
+        table_config_for(info, **table),
     )
     source = ReplaySource(Replay(CaptureFiles(str(folder))), str(folder))
     config = ServeConfig(store=str(store), http=False, log_interval_s=0, max_batch=16)
@@ -91,6 +92,33 @@ def test_every_flow_stored_once_with_the_label_classify_gives(tmp_path: Path, mo
     assert {r.source for r in records} == {str(folder / "a.pcap"), str(folder / "b.pcap")}
 
 
+def test_flows_of_protocols_the_model_never_saw_are_left_out_as_classify_leaves_them(
+    tmp_path: Path,
+) -> None:
+    import pcapgen
+
+    model = servemodel.make_checkpoint(tmp_path / "model", min_packets=2)
+    meta_path = model / "checkpoint.json"
+    meta = json.loads(meta_path.read_text())
+    meta["cleaning"]["protocol_filter"] = "tcp_udp"  # the built-in model's
+    meta_path.write_text(json.dumps(meta))
+    pings = [
+        (servemodel.T0 + (host * 10 + k) * 1_000_000,
+         pcapgen.ethernet(pcapgen.ip(f"10.9.0.{host}", "192.0.2.1", pcapgen.icmp_echo(host, k))))
+        for host in range(1, 4) for k in range(3)
+    ]  # fmt: skip
+    folder = tmp_path / "captures"
+    folder.mkdir()
+    frames = sorted(servemodel.traffic(n_sessions=8) + pings, key=lambda f: f[0])
+    pcapgen.write_pcap(folder / "a.pcap", frames)
+    summary, records = serve(folder, model, tmp_path / "results.sqlite")
+    expected = classify_captures([folder], model=model).flows
+    assert (expected["status"] == "other_protocol").sum() == 3  # the three ping flows
+    assert summary.flows_other_protocol == 3
+    assert len(by_flow(records)) == (expected["status"] == "ok").sum() == summary.flows_classified
+    assert all(r.protocol in (6, 17) for r in records)
+
+
 def test_a_deadline_classifies_long_flows_early_with_what_they_have(tmp_path: Path) -> None:
     model = servemodel.make_checkpoint(tmp_path / "model")
     folder = captures(tmp_path / "captures")
@@ -138,7 +166,7 @@ def test_redis_mode_stores_the_same_flows(tmp_path: Path, redis_url: str) -> Non
     capture = servemodel.write_traffic(tmp_path / "t.pcap", n_sessions=6)
     info = checkpoint_info(str(model))
     table = MeterFlowTable(info.flow, info.data_features, info.debias,
-                           FlowTableConfig(info.ready_packets, info.min_packets))  # fmt: skip
+                           table_config_for(info))  # fmt: skip
     source = ReplaySource(Replay(CaptureFiles(str(capture))), str(capture))
     config = ServeConfig(store=redis_url, http=False, log_interval_s=0)
     summary = Service(config, source, table, model_spec(info, threads=1)).run()

@@ -71,8 +71,12 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, CheckpointError) as exc:
         raise CommandError(str(exc)) from None
 
-    bar = tqdm(
-        desc="classifying", unit=" packets", disable=args.quiet, file=sys.stderr, leave=False
+    bar = tqdm(  # disable=None: a bar on a terminal only, never in a pipe or a log
+        desc="classifying",
+        unit=" packets",
+        disable=True if args.quiet else None,
+        file=sys.stderr,
+        leave=False,
     )
 
     def progress(packets: int, flows: int) -> None:

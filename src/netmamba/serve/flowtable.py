@@ -67,6 +67,17 @@ class FlowTableConfig(Config):
             raise ConfigError("FlowTableConfig.max_flows must be at least 1 (or None)")
 
 
+def table_config_for(info: Any, **settings: Any) -> FlowTableConfig:
+    """The flow table a model needs (`info`, a CheckpointInfo): when its flows are ready, the
+    fewest packets and the protocols its training data had; other `settings` as given."""
+    return FlowTableConfig(
+        ready_packets=info.ready_packets,
+        min_packets=info.min_packets,
+        protocol_filter=info.protocol_filter,
+        **settings,
+    )
+
+
 class _TrackingMeter(FlowMeter):
     """A FlowMeter that also lists its open flows in creation order (for the deadline)."""
 

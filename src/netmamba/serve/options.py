@@ -228,12 +228,10 @@ def capture_config(args: argparse.Namespace) -> Any:
 
 def flow_table_config(args: argparse.Namespace, info: Any) -> Any:
     """The FlowTableConfig of the options, for the model `info` (a CheckpointInfo)."""
-    from netmamba.serve.flowtable import FlowTableConfig
+    from netmamba.serve.flowtable import table_config_for
 
-    return FlowTableConfig(
-        ready_packets=info.ready_packets,
-        min_packets=info.min_packets,
-        protocol_filter=info.protocol_filter,
+    return table_config_for(
+        info,
         include_short=bool(getattr(args, "include_short", False)),
         classify_within_s=getattr(args, "classify_within", None),
         max_flows=getattr(args, "max_active_flows", None),
