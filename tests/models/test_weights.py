@@ -36,6 +36,16 @@ def test_classifier_round_trip_gives_identical_outputs(tmp_path):
         assert torch.equal(model(batch), loaded.model.eval()(batch))
 
 
+def test_the_same_weights_always_give_the_same_file(tmp_path):
+    # the built-in model's SHA256SUMS must be reproducible: no varying header order
+    model = build_classifier(ModelConfig.preset("fast", **SMALL), 3)
+    files = {
+        save_checkpoint(tmp_path / str(i), model).joinpath("model.safetensors").read_bytes()
+        for i in range(20)
+    }
+    assert len(files) == 1
+
+
 def test_pretrainer_round_trip(tmp_path):
     model = build_pretrainer(ModelConfig.preset("fast"))
     loaded = load_checkpoint(save_checkpoint(tmp_path, model)).model

@@ -78,7 +78,9 @@ def save_checkpoint(
     folder.mkdir(parents=True, exist_ok=True)
     kind = _kind(model)
     state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "kind": kind})
+    # one metadata key: safetensors writes several in a varying order, and the same weights
+    # should give the same file (the built-in model's checksum must be reproducible)
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"kind": kind})
     meta: dict[str, Any] = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
