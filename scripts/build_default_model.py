@@ -140,7 +140,11 @@ def install(best: Path, target: Path) -> list[str]:
     meta = json.loads((best / "checkpoint.json").read_text())
     meta["name"] = "default"
     meta["description"] = DESCRIPTION
+    # nothing of the build machine or the build's time: a rebuild gives the same file
     meta["dataset"]["path"] = "ndpi-categories (scripts/build_default_model.py)"
+    meta["dataset"].pop("created", None)
+    if meta.get("init", {}).get("source"):
+        meta["init"]["source"] = "pre-training run of scripts/build_default_model.py"
     (target / "checkpoint.json").write_text(json.dumps(meta, indent=1) + "\n")
     files = ["checkpoint.json", "model.safetensors"]
     sums = "".join(f"{sha256(target / name)}  {name}\n" for name in files)
