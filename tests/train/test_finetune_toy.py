@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from authors_names import to_authors_names
 from netmamba.dataset import load_dataset
 from netmamba.inference import Predictor, fit_arrays
 from netmamba.models import ModelConfig, build_classifier
@@ -20,6 +21,7 @@ from netmamba.train.finetune import FinetuneConfig, finetune
 from netmamba.train.loop import read_metrics_log
 from netmamba.train.rundir import TrainError
 from train import toydata
+from train.lda_reference import hand_lda_loss
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -85,22 +87,6 @@ def test_the_best_checkpoint_carries_labels_calibration_and_data_settings(run, t
     assert np.mean(scores <= detector["threshold"] + 1e-6) >= 0.95
 
 
-def _lda_by_hand(logits, labels, counts, eps=0.1, s=30.0, beta=0.999):
-    c = len(counts)
-    margin = [n**-0.25 for n in counts]
-    margin = [0.5 * m / max(margin) for m in margin]
-    raw = [(1 - beta) / (1 - beta**n) for n in counts]
-    weight = [w * c / sum(raw) for w in raw]
-    num = den = 0.0
-    for z, y in zip(logits, labels, strict=True):
-        shifted = [s * (zj - (margin[y] if j == y else 0.0)) for j, zj in enumerate(z)]
-        top = max(shifted)
-        log_p = [v - top - math.log(sum(math.exp(u - top) for u in shifted)) for v in shifted]
-        num += weight[y] * (-(1 - eps) * log_p[y] - eps / c * sum(log_p))
-        den += weight[y]
-    return num / den
-
-
 def test_the_lda_loss_is_the_loss_training_applies(toy, tmp_path):
     config = settings(train__steps=1, train__log_every=1, warmup_epochs=0)
     finetune(toy, tmp_path / "lda", config, progress=False)
@@ -116,7 +102,7 @@ def test_the_lda_loss_is_the_loss_training_applies(toy, tmp_path):
     batch = BatchPlan(len(train), 16, config.train.seed).global_batch(0)
     model.train()
     logits = model({k: v[batch] for k, v in arrays.items()}).detach().tolist()
-    expected = _lda_by_hand(logits, train.labels[batch].tolist(), counts)
+    expected = hand_lda_loss(logits, train.labels[batch].tolist(), counts, eps=0.1)
     logged = read_metrics_log(tmp_path / "lda")[0]
     assert logged["step"] == 1
     assert logged["loss"] == pytest.approx(expected, rel=1e-5)
@@ -177,37 +163,12 @@ def test_bf16_autocast_and_gradient_clipping_run_and_are_logged(toy, tmp_path):
     assert all(math.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
 
 
-def authors_state(model):
-    """An encoder + head state dict under the names and shapes of the authors' fuse3 NetMamba+
-    checkpoint, written out by hand."""
-    short = {"sizes": "size", "iats": "iat", "bytes": "byte"}
-    out = {}
-    for name, t in model.state_dict().items():
-        if name == "encoder.byte_embed.weight":
-            out["byte_embed.proj.weight"] = t[:, None, :]  # Conv1d(1, D, L_s)
-        elif name == "encoder.byte_embed.bias":
-            out["byte_embed.proj.bias"] = t
-        elif name.startswith(("encoder.cls_tokens.", "encoder.indicators.")):
-            kind, modality = name.split(".")[1:]
-            suffix = "cls_token" if kind == "cls_tokens" else "indicator"
-            out[f"{short[modality]}_{suffix}"] = t.reshape(1, 1, -1)
-        elif name == "encoder.pos_embed":
-            out["pos_embed"] = t[None]
-        elif name.startswith("encoder.blocks."):
-            out["encoder_blocks." + name[len("encoder.blocks.") :]] = t
-        elif name == "encoder.norm.weight":
-            out["norm_f.weight"] = t
-        elif name.startswith("head."):
-            out[name] = t
-    return out
-
-
 def test_fine_tuning_starts_from_the_authors_checkpoint(toy, tmp_path):
     config = ModelConfig.preset("fast", **toydata.TINY_MODEL)
     torch.manual_seed(5)
     theirs = build_classifier(config, 7)  # their own classes: the head is replaced
     path = tmp_path / "fuse3_mamba.pth"
-    torch.save({"model": authors_state(theirs), "epoch": 9}, path)
+    torch.save({"model": to_authors_names(theirs.state_dict()), "epoch": 9}, path)
     # their tensors say D, depth, N, L_s and the token count, not how the bytes are split
     geometry = {k: toydata.TINY_MODEL[k] for k in ("n_packets", "header_bytes", "payload_bytes")}
     run = finetune(

@@ -18,6 +18,7 @@ from netmamba.train.loss import (
     ldam_margins,
     logit_scale,
 )
+from train.lda_reference import hand_lda_loss
 
 COUNTS = [1000, 100, 10]
 
@@ -50,26 +51,6 @@ def test_a_class_absent_from_training_gets_no_weight_and_no_margin():
     assert ldam_margins([100, 0, 1]).tolist() == pytest.approx([0.5 * 0.01**0.25, 0.0, 0.5])
 
 
-def _hand_lda_loss(logits, labels, counts, eps, s=30.0, beta=0.999, weighted=True):
-    """The SPEC §5 formula written out with math only (no torch)."""
-    c = len(counts)
-    raw_margin = [n**-0.25 for n in counts]
-    margin = [0.5 * m / max(raw_margin) for m in raw_margin]
-    raw_w = [(1 - beta) / (1 - beta**n) for n in counts]
-    w = [x * c / sum(raw_w) for x in raw_w]
-    num = den = 0.0
-    for z, y in zip(logits, labels, strict=True):
-        shifted = [s * (zj - (margin[y] if j == y else 0.0)) for j, zj in enumerate(z)]
-        top = max(shifted)
-        log_norm = top + math.log(sum(math.exp(v - top) for v in shifted))
-        log_p = [v - log_norm for v in shifted]
-        loss = -(1 - eps) * log_p[y] - eps / c * sum(log_p)
-        weight = w[y] if weighted else 1.0
-        num += weight * loss
-        den += weight
-    return num / den
-
-
 LOGITS = [[0.30, 0.10, -0.20], [0.05, 0.02, 0.04], [-0.10, 0.20, 0.25], [0.40, -0.30, 0.10]]
 LABELS = [0, 2, 1, 2]
 
@@ -78,7 +59,7 @@ LABELS = [0, 2, 1, 2]
 def test_lda_loss_value_matches_the_formula_by_hand(eps):
     loss = LDALoss(COUNTS, LossConfig(label_smoothing=eps))
     got = loss(torch.tensor(LOGITS), torch.tensor(LABELS))
-    assert float(got) == pytest.approx(_hand_lda_loss(LOGITS, LABELS, COUNTS, eps), rel=1e-5)
+    assert float(got) == pytest.approx(hand_lda_loss(LOGITS, LABELS, COUNTS, eps), rel=1e-5)
 
 
 def test_lda_loss_agrees_with_pytorch_weighted_cross_entropy_of_shifted_logits():
@@ -109,8 +90,8 @@ def test_lda_loss_differs_from_cross_entropy_and_reduces_to_it_without_margins_a
 def test_deferred_reweighting_switches_the_weights_on_at_the_given_epoch():
     logits, labels = torch.tensor(LOGITS), torch.tensor(LABELS)
     loss = LDALoss(COUNTS, LossConfig(label_smoothing=0.0, reweight_from_epoch=2))
-    unweighted = _hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=False)
-    weighted = _hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=True)
+    unweighted = hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=False)
+    weighted = hand_lda_loss(LOGITS, LABELS, COUNTS, 0.0, weighted=True)
     for epoch, expected, active in [
         (0, unweighted, False),
         (1, unweighted, False),
